@@ -1,0 +1,242 @@
+"""The object users hold: loaded models plus a fused reference; ``stream`` yields frames, ``render``
+returns them all.
+
+One frame's way: pose image → ``PoseGuider`` (once per frame, cached with its group) → the stream
+window (``sampling.stream``) → ``VideoUNet`` with the reference attached → per-frame LCM step →
+decoder (TAESDV with memory, or the SD VAE) → frame.
+"""
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .loading import RainModels, load_models
+from .models.embeddings import guidance_scale_embedding
+from .models.image_encoder import encode_image
+from .models.taesdv import TAESDVMemory
+from .models.vae import decode_latents, encode_reference, vae_pixels
+from .sampling.noise import InjectedNoise, SeededNoise
+from .sampling.stream import RainStream, StreamSettings
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Reference:
+    """A fused reference: what the denoiser attends to, computed once (spec §4).
+
+    ``features`` are the 16 cached ``norm1`` outputs (concatenated along tokens when several images
+    were fused), ``context`` the CLIP token. Kept in float16 as the official code hands them over.
+    """
+    features: dict[str, torch.Tensor]
+    context: torch.Tensor
+    height: int
+    width: int
+    images: list[Image.Image] = field(default_factory=list, repr=False)
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+
+# -- input conversion ---------------------------------------------------------------------------------------
+def to_pil(image: ImageLike) -> Image.Image:
+    """Any reference image (PIL of any mode, uint8 HxWxC array, float [H,W,C] tensor in [0,1]) → RGB PIL."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            # Composite transparent images on white rather than on undefined colour under alpha 0.
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ValueError(f"expected an image as H×W×C, got an array of shape {list(array.shape)}")
+    if array.dtype != np.uint8:
+        if not np.isfinite(array).all():
+            raise ValueError("the reference image contains NaN or infinite values")
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    channels = array.shape[2]
+    if channels == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif channels == 4:
+        return to_pil(Image.fromarray(array, "RGBA"))
+    elif channels != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
+    return Image.fromarray(array, "RGB")
+
+
+def to_pose_tensor(frame: ImageLike) -> torch.Tensor:
+    """A pose frame (uint8 HxWx3, float [H,W,3] in [0,1], or PIL) → float32 [3, H, W] in [0, 1]."""
+    if isinstance(frame, Image.Image):
+        frame = np.asarray(frame.convert("RGB"))
+    if isinstance(frame, np.ndarray):
+        if frame.dtype == np.uint8:
+            tensor = torch.from_numpy(np.array(frame)).float() / 255.0
+        else:
+            tensor = torch.from_numpy(np.asarray(frame, dtype=np.float32))
+    else:
+        tensor = frame.float() if frame.dtype != torch.uint8 else frame.float() / 255.0
+    if tensor.ndim != 3 or tensor.shape[-1] not in (3, 4):
+        raise ValueError(f"a pose frame must be H×W×3, got shape {list(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError("a pose frame contains NaN or infinite values")
+    return tensor[..., :3].permute(2, 0, 1).contiguous()
+
+
+def check_size(height: int, width: int) -> None:
+    if height % 8 or width % 8 or height < 64 or width < 64:
+        def near(v):
+            return max(64, v - v % 8)
+        raise ValueError(f"frames are {width}×{height} (W×H); RAIN needs both sides to be multiples of 8 and at "
+                         f"least 64 — resize the pose frames to e.g. {near(width)}×{near(height)}")
+
+
+# -- the pipeline ---------------------------------------------------------------------------------------------
+class RainPipeline:
+    def __init__(self, models: RainModels, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.models = models
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @classmethod
+    def from_models_dir(cls, models_dir, *, device="cpu", dtype=torch.float32, **load_options) -> "RainPipeline":
+        models = load_models(models_dir, device=device, dtype=dtype, **load_options)
+        return cls(models, device=device, dtype=dtype)
+
+    # -- reference ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fuse_reference(self, images: ImageLike | Sequence[ImageLike], height: int = 512, width: int = 512,
+                       cache_dtype: torch.dtype = torch.float16) -> Reference:
+        """Encode one reference image (or several, attended to together) for frames of ``height``×``width``."""
+        check_size(height, width)
+        if self.models.reference_unet is None or self.models.image_encoder is None or self.models.vae is None:
+            raise RuntimeError("this pipeline was loaded without the reference models (reference UNet, CLIP, VAE)")
+        if isinstance(images, (list, tuple)):
+            pil_images = [to_pil(i) for i in images]
+        elif isinstance(images, torch.Tensor) and images.ndim == 4:
+            pil_images = [to_pil(i) for i in images]
+        else:
+            pil_images = [to_pil(images)]
+        if not pil_images:
+            raise ValueError("no reference image given")
+        per_image, contexts = [], []
+        for image in pil_images:
+            context = encode_image(self.models.image_encoder, image).to(self.dtype)
+            latent = encode_reference(self.models.vae, vae_pixels(image, height, width)).to(self.dtype)
+            features = self.models.reference_unet.reference_features(latent, context)
+            per_image.append(features)
+            contexts.append(context)
+        features = {name: torch.cat([f[name] for f in per_image], dim=1).to(cache_dtype) for name in per_image[0]}
+        # Several references share one cross-attention token: their mean CLIP embedding.
+        context = torch.stack(contexts).mean(0)
+        return Reference(features, context, height, width, pil_images)
+
+    def refit(self, reference: Reference, height: int, width: int) -> Reference:
+        """The same reference for another frame size (the reference latent must match the frames)."""
+        if (reference.height, reference.width) == (height, width):
+            return reference
+        if not reference.images:
+            raise ValueError(f"the reference was fused for {reference.width}×{reference.height} and its images "
+                             f"are not kept; fuse it again for {width}×{height}")
+        return self.fuse_reference(reference.images, height, width,
+                                   cache_dtype=next(iter(reference.features.values())).dtype)
+
+    # -- streaming ------------------------------------------------------------------------------------------
+    def open_stream(self, reference: Reference, settings: StreamSettings | None = None, *,
+                    height: int | None = None, width: int | None = None,
+                    noise: Callable | Iterable[torch.Tensor] | None = None,
+                    record_calls: bool = False) -> RainStream:
+        """A live stream for frames of the reference's size (or ``height``×``width``): push pose frames
+        ([3,H,W] in [0,1]) and receive finished frames ([H,W,3] in [0,1], or latents with decoder 'none')."""
+        settings = settings or StreamSettings()
+        height = height or reference.height
+        width = width or reference.width
+        check_size(height, width)
+        reference = self.refit(reference, height, width)
+        models = self.models
+        unet = models.video_unet
+        unet.set_reference(reference.features)
+        unet.set_temporal_strength(settings.temporal_strength)
+        context = reference.context.to(self.device, self.dtype)
+        guidance = guidance_scale_embedding(settings.guidance_scale, dtype=self.dtype, device=self.device)
+
+        @torch.no_grad()
+        def denoise(sample, timesteps, pose_features):
+            # Streams share the UNet: re-attach this stream's reference if another one was used meanwhile.
+            if unet.reference_processors["d00"].reference is not reference.features["d00"]:
+                unet.set_reference(reference.features)
+                unet.set_temporal_strength(settings.temporal_strength)
+            return unet(sample.to(self.dtype), timesteps, context, pose_features, guidance)
+
+        @torch.no_grad()
+        def pose_features(poses):
+            return models.pose_guider(poses.to(self.device, self.dtype))
+
+        decode = self._decoder(settings.decoder)
+        if noise is None:
+            noise = SeededNoise(settings.seed)
+        elif not callable(noise):
+            noise = InjectedNoise(noise)
+        return RainStream(pose_features=pose_features, denoise=denoise, decode=decode, noise=noise,
+                          latent_shape=(4, height // 8, width // 8), settings=settings, device=self.device,
+                          dtype=self.dtype, record_calls=record_calls)
+
+    def _decoder(self, name: str):
+        if name == "none":
+            return None
+        if name == "taesdv":
+            if self.models.taesdv is None:
+                raise RuntimeError("TAESDV is not loaded: load it (taesdv.pth) or choose the 'vae' decoder")
+            memory = TAESDVMemory()
+            taesdv = self.models.taesdv
+
+            def decode(latents):
+                frames = taesdv.decode(latents.to(self.device, self.dtype), memory)
+                return frames.clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
+            return decode
+        if self.models.vae is None:
+            raise RuntimeError("the SD VAE is not loaded: load it or choose the 'taesdv' decoder")
+
+        def decode(latents):
+            return decode_latents(self.models.vae, latents).permute(0, 2, 3, 1).float().cpu()
+        return decode
+
+    def stream(self, poses: Iterable[ImageLike], reference: Reference, settings: StreamSettings | None = None, *,
+               noise=None) -> Iterator[torch.Tensor]:
+        """Yield finished frames ([H,W,3] float32 in [0,1] on the CPU) as soon as they are clean; the size
+        comes from the first pose frame. A finite input is drained so every frame comes out."""
+        poses = iter(poses)
+        first = next(poses, None)
+        if first is None:
+            raise ValueError("no pose frames were given")
+        first = to_pose_tensor(first)
+        height, width = first.shape[1:]
+        stream = self.open_stream(reference, settings, height=height, width=width, noise=noise)
+
+        def tensors():
+            yield first
+            for frame in poses:
+                tensor = to_pose_tensor(frame)
+                if tensor.shape != first.shape:
+                    raise ValueError(f"pose frames change size mid-stream ({list(first.shape[1:])} → "
+                                     f"{list(tensor.shape[1:])}); resize them all to one size")
+                yield tensor
+        yield from stream.run(tensors())
+
+    def render(self, poses: Iterable[ImageLike], reference: Reference, settings: StreamSettings | None = None, *,
+               noise=None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """All frames as one [T, H, W, 3] float32 tensor (ComfyUI's IMAGE layout)."""
+        frames = []
+        for frame in self.stream(poses, reference, settings, noise=noise):
+            frames.append(frame)
+            if progress is not None:
+                progress(len(frames))
+        return torch.stack(frames) if frames else torch.zeros(0, 0, 0, 3)
