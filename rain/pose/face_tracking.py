@@ -68,11 +68,11 @@ class _Tracker:
         if self.smoothing is not None:
             self.smoothing.reset()
 
-    def _finish(self, points: np.ndarray, nothing_seen: bool) -> np.ndarray | None:
+    def _finish(self, points: np.ndarray, nothing_seen: bool, holdable: bool) -> np.ndarray | None:
         self.stats.frames += 1
         if nothing_seen:
             self.stats.frames_without_face += 1
-            if self.missing == "blank" or self._previous is None:
+            if self.missing == "blank" or not holdable:
                 self.stats.frames_blank += 1
                 return None
             self.stats.frames_held += 1
@@ -93,7 +93,7 @@ class FaceLandmarkTracker(_Tracker):
         nothing_seen = bool(np.all(face == MISSING))
         filled = fill_from_previous(face, self._previous)
         self._previous = filled
-        return self._finish(filled, nothing_seen)
+        return self._finish(filled, nothing_seen, holdable=not np.all(filled == MISSING))
 
 
 class BodyKeypointTracker(_Tracker):
@@ -106,8 +106,9 @@ class BodyKeypointTracker(_Tracker):
         if not detection.person_found:
             self.stats.frames_without_person += 1
         nothing_seen = bool(np.all(points[:18] == MISSING))
+        holdable = self._previous is not None
         if nothing_seen:
-            points = self._previous if self._previous is not None else points
+            points = self._previous if holdable else points
         else:
             self._previous = points
-        return self._finish(points, nothing_seen)
+        return self._finish(points, nothing_seen, holdable)
