@@ -1,0 +1,74 @@
+"""Reduced-size models with random weights, written in the released files' layout.
+
+``python -m rain make-tiny-models DIR`` fills a models folder so the whole pack (CLI, nodes, workflows)
+can be tried end to end without downloading 10 GB; the output is noise, the plumbing is real.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .models.image_encoder import build_image_encoder
+from .models.pose_guider import PoseGuider, PoseGuiderConfig
+from .models.reference_unet import ReferenceUNet
+from .models.taesdv import TAESDV
+from .models.vae import build_vae
+from .models.video_unet import UNetConfig, VideoUNet
+
+TINY_CONFIG = Path(__file__).parent / "configs" / "tiny.json"
+
+
+def _randomise(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Give every weight a visible random value (official constructors zero some layers, which would hide
+    whole paths: motion-module outputs, the guidance projection, the pose guider's last conv)."""
+    for name, parameter in module.named_parameters():
+        with torch.no_grad():
+            if parameter.ndim >= 2:
+                fan_in = parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in ** 0.5)
+            elif name.endswith("weight"):
+                parameter.copy_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
+            else:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+
+
+def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
+    """Write reference_unet.pth, motion_unet.pth, pose_guider.pth, taesdv.pth, sd-vae-ft-mse/ and
+    image_encoder/ with reduced widths and random weights into ``models_dir``."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    config = json.loads(TINY_CONFIG.read_text())
+    generator = torch.Generator().manual_seed(seed)
+    unet_config = UNetConfig(block_out_channels=tuple(config["unet_block_out_channels"]))
+
+    def save_pth(module: torch.nn.Module, name: str) -> None:
+        _randomise(module, generator)
+        torch.save({k: v.contiguous() for k, v in module.state_dict().items()}, models_dir / f"{name}.pth")
+
+    save_pth(ReferenceUNet.from_config_dataclass(unet_config), "reference_unet")
+    save_pth(VideoUNet(unet_config), "motion_unet")
+    guider = PoseGuider(PoseGuiderConfig(conditioning_embedding_channels=config["pose_guider_out_channels"]))
+    _randomise(guider, generator)
+    with torch.no_grad():
+        guider.conv_out.weight.mul_(5.0)  # sparse dot images otherwise give near-zero features
+    torch.save(guider.state_dict(), models_dir / "pose_guider.pth")
+    taesdv = TAESDV()
+    _randomise(taesdv, generator)
+    torch.save(taesdv.state_dict(), models_dir / "taesdv.pth")
+
+    vae_dir = models_dir / "sd-vae-ft-mse"
+    vae_dir.mkdir(exist_ok=True)
+    vae = build_vae(config["vae"])
+    _randomise(vae, generator)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, vae_dir / "diffusion_pytorch_model.safetensors")
+    (vae_dir / "config.json").write_text(json.dumps(config["vae"], indent=1))
+
+    clip_dir = models_dir / "image_encoder"
+    clip_dir.mkdir(exist_ok=True)
+    encoder = build_image_encoder(config["image_encoder"])
+    _randomise(encoder, generator)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, clip_dir / "model.safetensors")
+    (clip_dir / "config.json").write_text(json.dumps(config["image_encoder"], indent=1))
+    return models_dir
