@@ -1,5 +1,7 @@
 """Driving frames -> pose images: end to end, missing-face policies and counts, sizes, bad input."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -64,11 +66,17 @@ def test_end_to_end_from_the_webcam_frame(golden_dir):
     t = load_file(str(folder / "dwpose.safetensors"))
     raw = np.zeros((8400, 85), np.float32)
     raw[t["yolox_rows_index"]] = t["yolox_rows_values"]
-    detector = DWPoseDetector.from_files(yolox_stand_in(raw), dwpose_stand_in(t["simcc_x"], t["simcc_y"]))
-    webcam = png(folder / "webcam_frame_480x640.png")
-    stats = PoseStats()
-    out = list(pose_frames([webcam, webcam], detector=detector, crop=0.9, stats=stats))
+    meta = json.loads((folder / "dwpose.json").read_text())
+    pose_input = (t["simcc_y"].shape[-1] // 2, t["simcc_x"].shape[-1] // 2)
+    detection_size = png(folder / "detector_image_512.png").shape[:2]
+    detector = DWPoseDetector.from_files(yolox_stand_in(raw),
+                                         dwpose_stand_in(t["simcc_x"], t["simcc_y"], input_size=pose_input),
+                                         detection_size=detection_size)
+    webcam = png(next(folder.glob("webcam_frame_*.png")))
     expected = png(folder / "detector_call0_pose_canvas.png")
+    stats = PoseStats()
+    out = list(pose_frames([webcam, webcam], detector=detector, crop=meta["demo_crop"]["cropping"], stats=stats,
+                           size=expected.shape[:2]))
     assert all(np.array_equal(o, expected) for o in out)
     assert stats.frames == 2 and stats.frames_without_face == 0 and stats.frames_without_person == 0
 
@@ -176,3 +184,4 @@ def test_bad_input_gives_clear_errors():
         list(pose_frames(frames(1), detector=detector, task="depth"))
     stacked = np.zeros((2, 8, 8, 3), np.uint8)
     assert len(list(pose_frames(stacked, detector=detector, size=(8, 8)))) == 2
+

@@ -40,6 +40,16 @@ def golden_yolox_raw(t):
     return raw
 
 
+def pose_size(t):
+    """(w, h) of the pose model input, from the stored crop [3, h, w]."""
+    _, height, width = t["crop_main_box"].shape
+    return width, height
+
+
+def detector_ratio(image):
+    return min(640 / image.shape[0], 640 / image.shape[1])
+
+
 def call1_simcc(t):
     rows = t["simcc_frame2_scaled_rows"]
     x, y = t["simcc_x"].copy(), t["simcc_y"].copy()
@@ -54,16 +64,16 @@ def test_letterbox_matches_official_inputs(gold, image512):
     folder, _, meta = gold
     canvas, ratio = yolox.letterbox(image512)
     assert ratio == meta["ratios"]["512"] and np.array_equal(canvas, png(folder / "detector_input_from_512.png"))
-    canvas, ratio = yolox.letterbox(png(folder / "webcam_frame_480x640.png"))
+    canvas, ratio = yolox.letterbox(png(next(folder.glob("webcam_frame_*.png"))))
     assert ratio == meta["ratios"]["raw_frame"]
     assert np.array_equal(canvas, png(folder / "detector_input_from_raw_frame.png"))
     net = yolox.to_network_input(canvas)
     assert net.shape == (1, 3, 640, 640) and net.dtype == np.float32 and net[0, 0, -1, -1] == 114.0
 
 
-def test_decode_and_nms_match_official_boxes(gold):
+def test_decode_and_nms_match_official_boxes(gold, image512):
     _, t, _ = gold
-    boxes = yolox.person_boxes(golden_yolox_raw(t), (640, 640), 1.25)
+    boxes = yolox.person_boxes(golden_yolox_raw(t), (640, 640), detector_ratio(image512))
     np.testing.assert_array_equal(boxes, t["detector_boxes"])
     np.testing.assert_array_equal(yolox.largest_box(boxes), t["crop_main_box_box"])
 
@@ -84,8 +94,8 @@ def test_nms_plus_one_convention_and_class_awareness():
 def test_crops_match_official(gold, image512, name):
     _, t, _ = gold
     box = None if name == "no_box_whole_image" else t[f"crop_{name}_box"]
-    crop, centre, scale = wholebody.crop_for_pose(image512, box, (192, 256))
-    assert crop.dtype == np.float32 and crop.shape == (3, 256, 192)
+    crop, centre, scale = wholebody.crop_for_pose(image512, box, pose_size(t))
+    assert crop.dtype == np.float32 and crop.shape == t[f"crop_{name}"].shape
     np.testing.assert_allclose(crop, t[f"crop_{name}"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(centre, t[f"crop_{name}_center"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(scale, t[f"crop_{name}_scale"], rtol=0, atol=1e-9)
@@ -95,10 +105,11 @@ def test_simcc_decode_matches_official(gold):
     _, t, _ = gold
     locations, scores = wholebody.decode_simcc(t["simcc_x"], t["simcc_y"])
     np.testing.assert_array_equal(scores, t["decoded_scores"])
-    points = wholebody.back_project(locations[0], t["crop_main_box_center"], t["crop_main_box_scale"], (192, 256))
+    points = wholebody.back_project(locations[0], t["crop_main_box_center"], t["crop_main_box_scale"], pose_size(t))
     np.testing.assert_allclose(points, t["decoded_keypoints"][0], rtol=0, atol=1e-9)
     # keypoints 100/101: non-positive maxima -> -1 before the /2, back-projected like any other point
-    assert np.all(locations[0, [100, 101]] == -0.5)
+    non_positive = np.flatnonzero(t["decoded_scores"][0] <= 0)
+    assert len(non_positive) and np.all(locations[0, non_positive] == -0.5)
 
 
 def test_openpose_layout_matches_official(gold):
@@ -111,9 +122,11 @@ def test_openpose_layout_matches_official(gold):
 
 # --- the runner on stand-in ONNX models --------------------------------------------------------------------------
 
-def make_detector(raw, simcc_x=None, simcc_y=None, **kwargs):
+def make_detector(raw, simcc_x=None, simcc_y=None, detection_size=(512, 512), **kwargs):
+    if simcc_x is not None:  # the stand-in's input size follows the SimCC widths (2 bins per pixel)
+        kwargs.setdefault("input_size", (simcc_y.shape[-1] // 2, simcc_x.shape[-1] // 2))
     return DWPoseDetector.from_files(yolox_stand_in(raw), dwpose_stand_in(simcc_x, simcc_y, **kwargs),
-                                     providers=["CPUExecutionProvider"])
+                                     providers=["CPUExecutionProvider"], detection_size=detection_size)
 
 
 def test_two_official_detector_calls_end_to_end(gold, image512):
@@ -121,21 +134,22 @@ def test_two_official_detector_calls_end_to_end(gold, image512):
     raw = golden_yolox_raw(t)
     tracker = FaceLandmarkTracker()
     for call, simcc in enumerate([(t["simcc_x"], t["simcc_y"]), call1_simcc(t)]):
-        detection = make_detector(raw, *simcc).detect(image512)
+        detection = make_detector(raw, *simcc, detection_size=image512.shape[:2]).detect(image512)
         np.testing.assert_allclose(detection.keypoints, t[f"wholebody_keypoints_call{call}"][0], rtol=0, atol=1e-9)
         np.testing.assert_array_equal(detection.scores, t[f"wholebody_scores_call{call}"][0])
         np.testing.assert_array_equal(detection.box, t["crop_main_box_box"])
         face = tracker.update(detection)
         np.testing.assert_allclose(face, t[f"faces_call{call}"][0], rtol=0, atol=1e-9)
-        canvas = render_face_pose(apply_translations(face, STARTUP_TRANSLATIONS), face, 512, 512)
-        assert np.array_equal(canvas, png(folder / f"detector_call{call}_pose_canvas.png")), call
+        expected = png(folder / f"detector_call{call}_pose_canvas.png")
+        canvas = render_face_pose(apply_translations(face, STARTUP_TRANSLATIONS), face, *expected.shape[:2])
+        assert np.array_equal(canvas, expected), call
     assert tracker.stats.frames == 2 and tracker.stats.frames_without_face == 0
 
 
 def test_pose_input_fed_to_the_model(gold, image512):
     _, t, _ = gold
     np.testing.assert_array_equal(t["pose_model_input_fed_call0"], t["crop_main_box"])
-    crop, _, _ = wholebody.crop_for_pose(image512, t["crop_main_box_box"], (192, 256))
+    crop, _, _ = wholebody.crop_for_pose(image512, t["crop_main_box_box"], pose_size(t))
     np.testing.assert_allclose(crop, t["pose_model_input_fed_call0"], rtol=0, atol=1e-5)
 
 
@@ -143,9 +157,9 @@ def test_stretch_from_webcam_crop_is_the_detector_image(gold, image512):
     from rain.pose.driving import center_square_crop
 
     folder, _, meta = gold
-    crop = center_square_crop(png(folder / "webcam_frame_480x640.png"), meta["demo_crop"]["cropping"])
+    crop = center_square_crop(png(next(folder.glob("webcam_frame_*.png"))), meta["demo_crop"]["cropping"])
     assert list(crop.shape) == meta["demo_crop"]["cropped_shape"]
-    detector = make_detector(None)
+    detector = make_detector(None, detection_size=image512.shape[:2])
     assert np.array_equal(detector.prepare(crop), image512)
 
 
@@ -154,7 +168,8 @@ def test_batched_pose_model_dynamic_and_fixed(gold, image512):
     raw = golden_yolox_raw(t)
     expected = t["wholebody_keypoints_call0"][0]
     for dynamic in (True, False):
-        detector = make_detector(raw, t["simcc_x"], t["simcc_y"], dynamic_batch=dynamic)
+        detector = make_detector(raw, t["simcc_x"], t["simcc_y"], detection_size=image512.shape[:2],
+                                 dynamic_batch=dynamic)
         assert (detector.pose.fixed_batch is None) == dynamic
         results = detector.detect_batch([image512, image512[::-1].copy(), image512])
         assert len(results) == 3

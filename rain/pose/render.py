@@ -35,7 +35,8 @@ def face_dot_radius(untransformed_landmarks: np.ndarray) -> int:
     """Dot radius in pixels from the *untransformed* face: ``max(int(3 * |p27 - p8| / 0.3), 1)``.
 
     Independent of the canvas size, as in the official renderer.  A missing chin (8) or nose bridge (27) makes it
-    huge (golden README 7.10); callers that want to avoid that should hold the previous radius.
+    huge (golden README 7.10); in a stream the fill-in keeps both once seen, so only faces rendered before these
+    points were ever detected are affected - pass ``radius=`` to the renderer to override.
     """
     face = np.asarray(untransformed_landmarks, dtype=np.float64)
     scale = np.linalg.norm(face[27] - face[8]) / 0.3

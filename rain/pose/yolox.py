@@ -6,6 +6,8 @@ official DWPose port: float32 decode, class-aware NMS with the "+1 pixel" area c
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -38,6 +40,7 @@ def to_network_input(canvas: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
+@lru_cache(maxsize=4)
 def _grids(input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (x, y) grid offsets and strides for the concatenated 8/16/32 feature maps (x fastest)."""
     grids, strides = [], []
@@ -49,17 +52,19 @@ def _grids(input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(grids), np.concatenate(strides)
 
 
-def decode_output(raw: np.ndarray, input_size: tuple[int, int], ratio: float) -> tuple[np.ndarray, np.ndarray]:
+def decode_output(raw: np.ndarray, input_size: tuple[int, int], ratio: float,
+                  classes: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
     """Decode one image's raw output ``[rows, 5 + classes]`` into xyxy boxes (pixels of the un-letterboxed image)
-    and per-class scores ``objectness * class_prob``.  float32 throughout, as the official decoder."""
+    and per-class scores ``objectness * class_prob`` (only for ``classes``).  float32 throughout, as the official
+    decoder."""
     raw = np.asarray(raw, dtype=np.float32)
-    grid, stride = _grids(input_size)
+    grid, stride = _grids(tuple(input_size))
     if raw.shape[0] != grid.shape[0]:
         raise ValueError(f"YOLOX output has {raw.shape[0]} rows; a {input_size[0]}x{input_size[1]} input with strides "
                          f"{STRIDES} gives {grid.shape[0]}")
     centres = ((raw[:, :2] + grid) * stride).astype(np.float32)
     sizes = (np.exp(raw[:, 2:4]) * stride).astype(np.float32)
-    scores = raw[:, 4:5] * raw[:, 5:]
+    scores = raw[:, 4:5] * raw[:, 5:][:, classes]
     boxes = np.empty((raw.shape[0], 4), dtype=np.float32)
     boxes[:, :2] = centres - sizes / 2.0
     boxes[:, 2:] = centres + sizes / 2.0
@@ -107,10 +112,10 @@ def person_boxes(raw: np.ndarray, input_size: tuple[int, int], ratio: float,
                  min_score: float = PERSON_SCORE) -> np.ndarray:
     """Full post-processing of one image: decode, class-aware NMS, keep persons with score > ``min_score``.
     Returns ``[N, 4]`` float64 xyxy boxes in detection order (official order, before any size choice)."""
-    boxes, scores = decode_output(raw, input_size, ratio)
+    # NMS is per class, so the other 79 classes cannot change the person rows: decode the person column only.
+    boxes, scores = decode_output(raw, input_size, ratio, classes=slice(PERSON_CLASS, PERSON_CLASS + 1))
     dets = class_aware_nms(boxes, scores)
-    keep = (dets[:, 4] > min_score) & (dets[:, 5] == PERSON_CLASS)
-    return dets[keep, :4]
+    return dets[dets[:, 4] > min_score, :4]
 
 
 def largest_box(boxes: np.ndarray) -> np.ndarray | None:
