@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from rain.pose.driving import face_pose_image, keypoint_pose_frames
 from rain.pose.dwpose import DWPoseDetector
-from rain.pose.keypoints import (PoseKeypointFrame, detections_to_pose_keypoint, face_landmarks,
-                                 load_pose_keypoint, read_pose_keypoint, to_pose_keypoint_frame,
+from rain.pose.face_tracking import PoseStats
+from rain.pose.keypoints import (PoseKeypointFrame, detections_to_pose_keypoint, face_landmarks, largest_person,
+                                 load_pose_keypoint, read_pose_keypoint, to_detection, to_pose_keypoint_frame,
                                  write_pose_keypoint)
 from rain.pose.skeleton import BODY, FACE, FEET, LEFT_HAND, RIGHT_HAND
 from rain.pose.stand_in_models import dwpose_stand_in, yolox_stand_in
@@ -100,3 +102,39 @@ def test_bad_pose_keypoint_input():
         read_pose_keypoint({"people": [{"pose_keypoints_2d": [1, 2]}], "canvas_height": 1, "canvas_width": 1})
     with pytest.raises(ValueError, match="134"):
         to_pose_keypoint_frame([np.zeros((18, 2))], 10, 10)
+
+
+def test_largest_person_drives_the_face():
+    small, big = random_person(7, 0.0), random_person(8, 0.0)
+    small = 0.45 + (small - 0.5) * 0.1           # shrunk around the centre
+    frame = PoseKeypointFrame([small, big], (300, 200))
+    assert largest_person(frame) == 1
+    np.testing.assert_allclose(face_landmarks(frame), big[FACE])
+    np.testing.assert_allclose(face_landmarks(frame, person=0), small[FACE])
+    assert largest_person(PoseKeypointFrame([np.full((134, 2), -1.0)], (10, 10))) is None
+
+
+def test_to_detection_feeds_the_same_pipeline():
+    person = random_person(9)
+    detection = to_detection(PoseKeypointFrame([person], (300, 200)))
+    assert detection.image_size == (300, 200) and detection.person_found
+    np.testing.assert_allclose(detection.normalised(), person, atol=1e-12)
+    empty = to_detection(PoseKeypointFrame([], (300, 200)))
+    assert not empty.person_found and np.all(empty.face() == -1)
+
+
+def test_pose_images_from_pose_keypoint():
+    person = random_person(3, 0.0)
+    person[FACE] = 0.3 + 0.4 * random_person(4, 0.0)[FACE]
+    data = write_pose_keypoint([PoseKeypointFrame([person], (96, 128)), PoseKeypointFrame([], (96, 128))])
+    stats = PoseStats()
+    images = list(keypoint_pose_frames(data, stats=stats))
+    assert [i.shape for i in images] == [(96, 128, 3)] * 2
+    assert images[0].any() and np.array_equal(images[1], images[0])   # held
+    assert stats.frames_without_face == 1 and stats.frames_held == 1
+    expected = face_pose_image(person[FACE], (96, 128))
+    assert np.array_equal(images[0], expected)
+    bodies = list(keypoint_pose_frames(data, task="body", size=(64, 64), missing="blank"))
+    assert bodies[0].shape == (64, 64, 3) and bodies[0].any() and not bodies[1].any()
+    with pytest.raises(ValueError, match="no frames"):
+        list(keypoint_pose_frames([]))

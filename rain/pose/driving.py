@@ -85,15 +85,12 @@ class DrivingPoseRenderer:
     ``missing``: "hold" (default, official) or "blank" for frames without a face/person; see ``stats``.
     ``smoothing``: a :class:`~rain.pose.smoothing.OneEuroFilter`, or None (default, = official output).
     ``crop``: None (stretch the whole frame, as ``pipeline_example``) or the demo's centre-square fraction
-    (e.g. 0.9).
+    (e.g. 0.9).  ``detector`` may be None when only :meth:`process_detection` is used.
     """
 
-    def __init__(self, detector: Detector, *, task: str = "face", size: tuple[int, int] = (512, 512),
+    def __init__(self, detector: Detector | None, *, task: str = "face", size: tuple[int, int] = (512, 512),
                  translations: Sequence[Translation] = STARTUP_TRANSLATIONS, missing: str = "hold",
                  smoothing: OneEuroFilter | None = None, crop: float | None = None):
-        if detector is None:
-            raise ValueError("no detector given: build one with DWPoseDetector.from_models_dir(<ComfyUI>/models) "
-                             "(models: `python -m rain download --dwpose`)")
         if task not in TASKS:
             raise ValueError(f"task={task!r}: choose 'face' (RAIN face dots) or 'body' (OpenPose-style skeleton)")
         height, width = (int(v) for v in size)
@@ -120,11 +117,17 @@ class DrivingPoseRenderer:
 
     def process(self, frame: np.ndarray) -> DrivingFrame:
         """Detect, track and draw one RGB uint8 frame."""
+        if self.detector is None:
+            raise ValueError("no detector given: build one with DWPoseDetector.from_models_dir(<ComfyUI>/models) "
+                             "(models: `python -m rain download --dwpose`)")
         check_frame(frame, self._frames_seen)
         self._frames_seen += 1
         if self.crop is not None:
             frame = center_square_crop(frame, self.crop)
-        detection = self.detector.detect(frame)
+        return self.process_detection(self.detector.detect(frame))
+
+    def process_detection(self, detection: PoseDetection) -> DrivingFrame:
+        """Track and draw an already detected frame (e.g. keypoints from a ``POSE_KEYPOINT`` input)."""
         landmarks = self.tracker.update(detection)
         if self.task == "face":
             image = face_pose_image(landmarks, self.size, self.translations)
@@ -169,3 +172,24 @@ def pose_frames(frames: Iterable[np.ndarray], task: str = "face", detector: Dete
     if produced == 0:
         raise ValueError("no driving frames: the input yielded nothing - check the video path, its frame range "
                          "(start/limit) or that the webcam delivers frames")
+
+
+def keypoint_pose_frames(pose_keypoint, task: str = "face", size: tuple[int, int] | None = None,
+                         translations: Sequence[Translation] = STARTUP_TRANSLATIONS, missing: str = "hold",
+                         smoothing: OneEuroFilter | None = None, stats: PoseStats | None = None
+                         ) -> Iterator[np.ndarray]:
+    """Pose images from a ComfyUI ``POSE_KEYPOINT`` value (any pose node's output) instead of driving frames:
+    the largest person of each frame goes through the same tracking / transform / rendering.  ``size`` None =
+    each frame's own canvas size."""
+    from .keypoints import read_pose_keypoint, to_detection
+
+    decoded = read_pose_keypoint(pose_keypoint)
+    if not decoded:
+        raise ValueError("POSE_KEYPOINT holds no frames - connect the keypoint output of a pose node")
+    renderer = DrivingPoseRenderer(None, task=task, size=size or decoded[0].canvas_size,
+                                   translations=translations, missing=missing, smoothing=smoothing)
+    if stats is not None:
+        renderer.tracker.stats = stats
+    for frame in decoded:
+        renderer.size = tuple(size or frame.canvas_size)
+        yield renderer.process_detection(to_detection(frame)).image

@@ -151,9 +151,46 @@ def write_pose_keypoint(frames: Iterable[PoseKeypointFrame]) -> list[dict]:
     return [to_pose_keypoint_frame(f.people, *f.canvas_size) for f in frames]
 
 
-def face_landmarks(frame: PoseKeypointFrame, person: int = 0) -> np.ndarray:
-    """The 68-point normalised face of one person (all -1 when the frame has nobody at that index) - ready for
-    :func:`rain.pose.landmark_transform.apply_translations` and the face renderer."""
-    if person >= len(frame.people):
+def largest_person(frame: PoseKeypointFrame) -> int | None:
+    """Index of the person whose visible points span the largest box (RAIN drives with one face: as with the
+    detector, the largest person wins); ``None`` when nobody has a visible point."""
+    best, best_area = None, -1.0
+    for index, person in enumerate(frame.people):
+        seen = person[_visible(person)]
+        if len(seen) == 0:
+            continue
+        extent = seen.max(axis=0) - seen.min(axis=0)
+        area = float(extent[0] * extent[1])
+        if area > best_area:
+            best, best_area = index, area
+    return best
+
+
+def face_landmarks(frame: PoseKeypointFrame, person: int | None = None) -> np.ndarray:
+    """The 68-point normalised face of one person (default: :func:`largest_person`); all -1 when there is nobody
+    - ready for :func:`rain.pose.landmark_transform.apply_translations` and the face renderer."""
+    if person is None:
+        person = largest_person(frame)
+    if person is None or person >= len(frame.people):
         return np.full((68, 2), -1.0)
     return frame.people[person][FACE].copy()
+
+
+def to_detection(frame: PoseKeypointFrame, person: int | None = None):
+    """One person of a decoded frame as a :class:`~rain.pose.dwpose.PoseDetection` (pixels of the canvas, score
+    1 for visible points and 0 for missing ones, box = extent of the visible points), so keypoints from any
+    ComfyUI pose node can go through the same tracking and rendering as RAIN's own detections."""
+    from .dwpose import PoseDetection
+
+    height, width = frame.canvas_size
+    if person is None:
+        person = largest_person(frame)
+    if person is None or person >= len(frame.people):
+        return PoseDetection(np.zeros((WHOLEBODY_POINTS, 2)), np.zeros(WHOLEBODY_POINTS), None,
+                             np.zeros((0, 4)), (height, width))
+    points = frame.people[person]
+    seen = _visible(points)
+    pixels = np.where(seen[:, None], points * np.array([float(width), float(height)]), 0.0)
+    box = np.concatenate([pixels[seen].min(axis=0), pixels[seen].max(axis=0)]) if seen.any() else None
+    boxes = box[None] if box is not None else np.zeros((0, 4))
+    return PoseDetection(pixels, seen.astype(np.float64), box, boxes, (height, width))
