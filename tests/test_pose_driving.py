@@ -185,3 +185,24 @@ def test_bad_input_gives_clear_errors():
     stacked = np.zeros((2, 8, 8, 3), np.uint8)
     assert len(list(pose_frames(stacked, detector=detector, size=(8, 8)))) == 2
 
+
+
+def test_batched_detection_gives_the_same_images_and_stays_lazy():
+    script = [True, False, True, True, False]
+    one = list(pose_frames(frames(5), detector=ScriptedDetector(script), size=(64, 64)))
+    consumed = []
+
+    def source():
+        for i, f in enumerate(frames(5)):
+            consumed.append(i)
+            yield f
+
+    gen = pose_frames(source(), detector=ScriptedDetector(script), size=(64, 64), batch_size=2)
+    first = next(gen)
+    assert consumed == [0, 1]
+    rest = list(gen)
+    assert all(np.array_equal(a, b) for a, b in zip(one, [first] + rest)) and len(rest) == 4
+    real = DWPoseDetector.from_files(yolox_stand_in(), dwpose_stand_in())
+    assert len(list(pose_frames(frames(3), detector=real, size=(16, 16), batch_size=2))) == 3
+    with pytest.raises(ValueError, match="batch_size"):
+        list(pose_frames(frames(1), detector=real, batch_size=0))

@@ -85,12 +85,14 @@ class DrivingPoseRenderer:
     ``missing``: "hold" (default, official) or "blank" for frames without a face/person; see ``stats``.
     ``smoothing``: a :class:`~rain.pose.smoothing.OneEuroFilter`, or None (default, = official output).
     ``crop``: None (stretch the whole frame, as ``pipeline_example``) or the demo's centre-square fraction
-    (e.g. 0.9).  ``detector`` may be None when only :meth:`process_detection` is used.
+    (e.g. 0.9).  ``stats``: a :class:`PoseStats` to count into (else a fresh one, see :attr:`stats`).
+    ``detector`` may be None when only :meth:`process_detection` is used.
     """
 
     def __init__(self, detector: Detector | None, *, task: str = "face", size: tuple[int, int] = (512, 512),
                  translations: Sequence[Translation] = STARTUP_TRANSLATIONS, missing: str = "hold",
-                 smoothing: OneEuroFilter | None = None, crop: float | None = None):
+                 smoothing: OneEuroFilter | None = None, crop: float | None = None,
+                 stats: PoseStats | None = None):
         if task not in TASKS:
             raise ValueError(f"task={task!r}: choose 'face' (RAIN face dots) or 'body' (OpenPose-style skeleton)")
         height, width = (int(v) for v in size)
@@ -103,7 +105,7 @@ class DrivingPoseRenderer:
         self.translations = tuple(translations)
         self.crop = crop
         tracker_cls = FaceLandmarkTracker if task == "face" else BodyKeypointTracker
-        self.tracker = tracker_cls(missing=missing, smoothing=smoothing)
+        self.tracker = tracker_cls(missing=missing, smoothing=smoothing, stats=stats)
         self._frames_seen = 0
 
     @property
@@ -115,16 +117,25 @@ class DrivingPoseRenderer:
         self.tracker.reset()
         self._frames_seen = 0
 
-    def process(self, frame: np.ndarray) -> DrivingFrame:
-        """Detect, track and draw one RGB uint8 frame."""
+    def _checked(self, frame: np.ndarray) -> np.ndarray:
         if self.detector is None:
             raise ValueError("no detector given: build one with DWPoseDetector.from_models_dir(<ComfyUI>/models) "
                              "(models: `python -m rain download --dwpose`)")
         check_frame(frame, self._frames_seen)
         self._frames_seen += 1
-        if self.crop is not None:
-            frame = center_square_crop(frame, self.crop)
-        return self.process_detection(self.detector.detect(frame))
+        return center_square_crop(frame, self.crop) if self.crop is not None else frame
+
+    def process(self, frame: np.ndarray) -> DrivingFrame:
+        """Detect, track and draw one RGB uint8 frame."""
+        return self.process_detection(self.detector.detect(self._checked(frame)))
+
+    def process_batch(self, frames: Sequence[np.ndarray]) -> list[DrivingFrame]:
+        """:meth:`process` for several frames, detected as one batch when the detector supports it (the pose
+        model then runs once for all of them); tracking stays frame by frame, in order."""
+        checked = [self._checked(f) for f in frames]
+        batch_detect = getattr(self.detector, "detect_batch", None)
+        detections = batch_detect(checked) if batch_detect else [self.detector.detect(f) for f in checked]
+        return [self.process_detection(d) for d in detections]
 
     def process_detection(self, detection: PoseDetection) -> DrivingFrame:
         """Track and draw an already detected frame (e.g. keypoints from a ``POSE_KEYPOINT`` input)."""
@@ -149,26 +160,36 @@ def _is_frame_stack(frames) -> bool:
 def pose_frames(frames: Iterable[np.ndarray], task: str = "face", detector: Detector | None = None,
                 size: tuple[int, int] = (512, 512), translations: Sequence[Translation] = STARTUP_TRANSLATIONS,
                 missing: str = "hold", smoothing: OneEuroFilter | None = None, crop: float | None = None,
-                stats: PoseStats | None = None) -> Iterator[np.ndarray]:
+                stats: PoseStats | None = None, batch_size: int = 1) -> Iterator[np.ndarray]:
     """Yield one ``size`` (H, W) uint8 RGB pose image per driving frame, lazily.
 
     ``frames``: any iterable of H x W x 3 uint8 RGB arrays (a video reader, a webcam generator, a list).
     ``stats``: pass a :class:`PoseStats` to receive the counts (frames without a face, held, blank) - it is
-    updated as frames are consumed.  Raises ValueError for an empty input or a malformed frame.
+    updated as frames are consumed.  ``batch_size`` > 1 detects that many frames at once (faster on a GPU; at
+    most that many frames are held).  Raises ValueError for an empty input or a malformed frame.
     Other arguments: see :class:`DrivingPoseRenderer`.
     """
-    if frames is None or isinstance(frames, (np.ndarray, str, bytes)) and not _is_frame_stack(frames):
+    if frames is None or (isinstance(frames, (np.ndarray, str, bytes)) and not _is_frame_stack(frames)):
         raise ValueError("frames must be an iterable of H x W x 3 uint8 RGB arrays (a list, a video reader, a "
                          "generator, or an N x H x W x 3 array); got "
                          f"{type(frames).__name__}{getattr(frames, 'shape', '')}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
     renderer = DrivingPoseRenderer(detector, task=task, size=size, translations=translations, missing=missing,
-                                   smoothing=smoothing, crop=crop)
-    if stats is not None:
-        renderer.tracker.stats = stats
+                                   smoothing=smoothing, crop=crop, stats=stats)
     produced = 0
+    pending: list[np.ndarray] = []
     for frame in frames:
-        yield renderer.render(frame)
-        produced += 1
+        pending.append(frame)
+        if len(pending) == batch_size:
+            for result in renderer.process_batch(pending):
+                yield result.image
+            produced += len(pending)
+            pending = []
+    if pending:
+        for result in renderer.process_batch(pending):
+            yield result.image
+        produced += len(pending)
     if produced == 0:
         raise ValueError("no driving frames: the input yielded nothing - check the video path, its frame range "
                          "(start/limit) or that the webcam delivers frames")
@@ -187,9 +208,7 @@ def keypoint_pose_frames(pose_keypoint, task: str = "face", size: tuple[int, int
     if not decoded:
         raise ValueError("POSE_KEYPOINT holds no frames - connect the keypoint output of a pose node")
     renderer = DrivingPoseRenderer(None, task=task, size=size or decoded[0].canvas_size,
-                                   translations=translations, missing=missing, smoothing=smoothing)
-    if stats is not None:
-        renderer.tracker.stats = stats
+                                   translations=translations, missing=missing, smoothing=smoothing, stats=stats)
     for frame in decoded:
         renderer.size = tuple(size or frame.canvas_size)
         yield renderer.process_detection(to_detection(frame)).image

@@ -54,11 +54,11 @@ def fill_from_previous(points: np.ndarray, previous: np.ndarray | None) -> np.nd
 
 class _Tracker:
     def __init__(self, missing: str = "hold", smoothing: OneEuroFilter | None = None,
-                 score_threshold: float = 0.3):
+                 score_threshold: float = 0.3, stats: PoseStats | None = None):
         self.missing = check_missing_policy(missing)
         self.smoothing = smoothing
         self.score_threshold = score_threshold
-        self.stats = PoseStats()
+        self.stats = PoseStats() if stats is None else stats
         self._previous: np.ndarray | None = None
 
     def reset(self) -> None:
