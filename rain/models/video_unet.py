@@ -46,13 +46,15 @@ class UNetConfig:
             widths.append(state_dict[f"down_blocks.{len(widths)}.resnets.0.conv1.weight"].shape[0])
         if not widths:
             raise KeyError("down_blocks.0.resnets.0.conv1.weight")
+        # Only sizes are read here, never whether a part exists: a file that lacks the guidance
+        # projection or a position table must fail the strict load, not build a smaller model.
         cond = state_dict.get("time_embedding.cond_proj.weight")
         pe = state_dict.get("down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0."
                             "attention_blocks.0.pos_encoder.pe")
         cross = state_dict["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"].shape[1]
         return cls(block_out_channels=tuple(widths), cross_attention_dim=cross,
                    in_channels=state_dict["conv_in.weight"].shape[1],
-                   cond_proj_dim=None if cond is None else cond.shape[1],
+                   cond_proj_dim=512 if cond is None else cond.shape[1],
                    motion_max_len=32 if pe is None else pe.shape[1])
 
 
