@@ -1,0 +1,15 @@
+"""ComfyUI-RAIN: animate a character from one reference image, driven by face / body / depth pose images, with
+RAIN's streaming diffusion (arXiv 2412.19489).
+
+ComfyUI imports this folder as a package; the engine lives in ``rain/`` (no ComfyUI imports), the nodes in
+``nodes/``, the calibration widget in ``web/``, example graphs in ``workflows/``. Model files go in
+``ComfyUI/models/rain/`` (see README).
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, setup as _setup
+
+WEB_DIRECTORY = "./web"
+
+_setup()
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,16 @@
+"""ComfyUI nodes of the RAIN pack. Thin: each node converts ComfyUI types and calls the engine in ``rain/``.
+
+Imported only as a subpackage of the pack (``from .nodes import ...``): ComfyUI has its own top-level ``nodes``
+module, so nothing here may be imported as top-level ``nodes``. Every call into ComfyUI goes through ``host``.
+"""
+
+from . import calibration, host, model_nodes, pose_nodes
+
+NODE_CLASS_MAPPINGS = {**model_nodes.NODE_CLASS_MAPPINGS, **pose_nodes.NODE_CLASS_MAPPINGS}
+NODE_DISPLAY_NAME_MAPPINGS = {**model_nodes.NODE_DISPLAY_NAME_MAPPINGS, **pose_nodes.NODE_DISPLAY_NAME_MAPPINGS}
+
+
+def setup() -> None:
+    """Once per import by the host: register models/rain (merging with user paths) and the HTTP routes."""
+    host.register_model_folder()
+    calibration.register_routes()

@@ -1,0 +1,125 @@
+"""The calibration preview behind the landmark-transform node's widget.
+
+The browser sends the node's widget values; the server answers with a PNG drawn by the engine's own transform and
+renderer (one source of truth): the human landmarks as grey points, RAIN's transformed face dots on top, over the
+node's last input frame when it has run (else over a synthetic sample face).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import host
+from .sample_face import SAMPLE_FACE
+
+ROUTE = "/rain/calibration/preview"
+PREVIEW_SIZE = 320
+PRESETS = ("calibration", "startup", "none")
+_HUMAN_COLOUR = (150, 150, 150)
+
+
+def calibration_fields() -> tuple[str, ...]:
+    from ..rain.pose.landmark_transform import SLIDER_RANGES
+    return tuple(SLIDER_RANGES)
+
+
+def translations_for(preset: str, params: dict):
+    """The translation list a node with these widget values applies."""
+    from ..rain.pose.landmark_transform import STARTUP_TRANSLATIONS, FaceCalibration, calibration_translations
+    if preset == "calibration":
+        known = {k: float(v) for k, v in params.items() if k in calibration_fields()}
+        return tuple(calibration_translations(FaceCalibration.from_dict(known)))
+    if preset == "startup":
+        return tuple(STARTUP_TRANSLATIONS)
+    if preset == "none":
+        return ()
+    raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+
+
+@dataclass
+class SeenFrame:
+    """What a landmark-transform node saw last: one face and, if an image was connected, its frame."""
+    face: np.ndarray                 # [68, 2] normalised, -1 = missing
+    image: np.ndarray | None = None  # H x W x 3 uint8, already cropped like the landmarks
+    frame_index: int = 0
+
+
+_seen: dict[str, SeenFrame] = {}
+_lock = threading.Lock()
+MAX_NODES = 32
+
+
+def remember(node_id, seen: SeenFrame) -> None:
+    if node_id is None:
+        return
+    with _lock:
+        _seen.pop(str(node_id), None)
+        _seen[str(node_id)] = seen
+        while len(_seen) > MAX_NODES:
+            _seen.pop(next(iter(_seen)))
+
+
+def seen_frame(node_id) -> SeenFrame | None:
+    with _lock:
+        return _seen.get(str(node_id)) if node_id is not None else None
+
+
+def _fit(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(target, Image.BILINEAR))
+
+
+def render_preview(preset: str, params: dict, seen: SeenFrame | None = None, size: int = PREVIEW_SIZE) -> np.ndarray:
+    """H x W x 3 uint8: background (dimmed frame or dark), human landmarks, transformed RAIN dots."""
+    import cv2
+
+    from ..rain.pose.landmark_transform import apply_translations, missing_points
+    from ..rain.pose.render import render_face_pose
+
+    face = seen.face if seen is not None else SAMPLE_FACE
+    if seen is not None and seen.image is not None:
+        canvas = (_fit(seen.image, size).astype(np.float32) * 0.45).astype(np.uint8)
+    else:
+        canvas = np.full((size, size, 3), 24, np.uint8)
+    height, width = canvas.shape[:2]
+    canvas = np.ascontiguousarray(canvas)
+    for (x, y), gone in zip(face, missing_points(face)):
+        if not gone:
+            cv2.circle(canvas, (int(x * width), int(y * height)), 1, _HUMAN_COLOUR, thickness=-1)
+    transformed = apply_translations(face, translations_for(preset, params))
+    radius = max(2, round(3 * min(height, width) / 512 * 1.5))
+    return render_face_pose(transformed, face, height, width, radius=radius, canvas=canvas)
+
+
+def preview_png(preset: str, params: dict, node_id=None, source: str = "auto") -> tuple[bytes, str]:
+    """(PNG bytes, "frame" or "sample": what the landmarks were drawn over)."""
+    from PIL import Image
+    seen = seen_frame(node_id) if source != "sample" else None
+    buffer = io.BytesIO()
+    Image.fromarray(render_preview(preset, params, seen)).save(buffer, format="PNG")
+    return buffer.getvalue(), "frame" if seen is not None else "sample"
+
+
+async def preview_route(request):
+    """POST {node_id, preset, params: {name: value}, source: "auto"|"sample"} → image/png."""
+    from aiohttp import web
+    try:
+        body = await request.json()
+        png, drawn_over = preview_png(str(body.get("preset", "calibration")), dict(body.get("params") or {}),
+                                      body.get("node_id"), str(body.get("source", "auto")))
+    except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as error:
+        return web.json_response({"error": str(error)}, status=400)
+    headers = {"Cache-Control": "no-store", "X-RAIN-Source": drawn_over}
+    return web.Response(body=png, content_type="image/png", headers=headers)
+
+
+def register_routes() -> bool:
+    return host.add_route("post", ROUTE, preview_route)

@@ -1,0 +1,289 @@
+"""The one module of the pack that touches ComfyUI.
+
+Everything the nodes need from the host goes through here: the ``models/rain`` folder (``folder_paths``),
+devices, dtypes and the memory manager (``comfy.model_management`` / ``ModelPatcher``), progress bars with
+previews (``comfy.utils.ProgressBar``), interruption, and HTTP routes (``server.PromptServer``).
+
+Each function has a fallback used when ComfyUI is not importable (unit tests, the standalone engine), so the
+pack always imports and its nodes run without a host. Host modules are looked up at call time, never cached at
+import, so a test can swap in a stand-in host.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+log = logging.getLogger("ComfyUI-RAIN")
+
+#: The models folder name: ``<ComfyUI>/models/rain`` plus any ``rain:`` paths from extra_model_paths.yaml.
+MODEL_FOLDER = "rain"
+#: What the folder lists in dropdowns (``.json`` configs belong to model folders and are found by path).
+MODEL_EXTENSIONS = frozenset({".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".sft", ".onnx"})
+#: Where models are looked for when there is no ComfyUI (os.pathsep-separated list of folders).
+MODELS_DIR_ENV = "RAIN_MODELS_DIR"
+
+_fallback_roots: list[Path] | None = None
+
+
+def _module(name: str):
+    """The host module ``name`` if ComfyUI provides it, else None (never raises)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    if name != "folder_paths" and _module("folder_paths") is None:
+        return None  # outside ComfyUI: do not import unrelated packages that happen to be called "comfy"/"server"
+    try:
+        return importlib.import_module(name)
+    except Exception:  # ImportError, or a host module failing at import outside its app
+        return None
+
+
+def in_comfyui() -> bool:
+    return _module("folder_paths") is not None and _module("comfy.model_management") is not None
+
+
+# -- models folder -------------------------------------------------------------------------------------------
+def register_model_folder() -> None:
+    """Add ``<models_dir>/rain`` to ComfyUI's folder registry, merging with any existing ``rain`` entry (from a
+    user's extra_model_paths.yaml or another pack): never replace its paths, only add ours and our extensions."""
+    folder_paths = _module("folder_paths")
+    if folder_paths is None:
+        return
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    registry = folder_paths.folder_names_and_paths
+    entry = registry.get(MODEL_FOLDER)
+    if entry is None:
+        registry[MODEL_FOLDER] = ([default], set(MODEL_EXTENSIONS))
+        return
+    paths, extensions = entry
+    if default not in paths:
+        paths.append(default)
+    if isinstance(extensions, set):
+        extensions.update(MODEL_EXTENSIONS)
+    else:
+        registry[MODEL_FOLDER] = (paths, set(extensions) | MODEL_EXTENSIONS)
+
+
+def set_fallback_models_dirs(dirs: Iterable[str | os.PathLike] | None) -> None:
+    """Where to look for models when ComfyUI is absent (tests, scripts); None = back to the default."""
+    global _fallback_roots
+    _fallback_roots = None if dirs is None else [Path(d) for d in dirs]
+
+
+def model_roots() -> list[Path]:
+    """The folders that make up ``models/rain``, in ComfyUI's order."""
+    folder_paths = _module("folder_paths")
+    if folder_paths is not None:
+        try:
+            return [Path(p) for p in folder_paths.get_folder_paths(MODEL_FOLDER)]
+        except KeyError:
+            return [Path(folder_paths.models_dir) / MODEL_FOLDER]
+    if _fallback_roots is not None:
+        return list(_fallback_roots)
+    env = os.environ.get(MODELS_DIR_ENV)
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    return [Path(__file__).resolve().parent.parent / "models" / MODEL_FOLDER]
+
+
+def comfy_models_dir() -> Path | None:
+    """``<ComfyUI>/models`` (to find files other packs downloaded), or None outside ComfyUI."""
+    folder_paths = _module("folder_paths")
+    return Path(folder_paths.models_dir) if folder_paths is not None else None
+
+
+def list_model_files() -> list[str]:
+    """Relative paths of the model files in ``models/rain`` (subfolders included), sorted, for dropdowns."""
+    folder_paths = _module("folder_paths")
+    if folder_paths is not None:
+        try:
+            return list(folder_paths.get_filename_list(MODEL_FOLDER))
+        except KeyError:
+            return []
+    found: set[str] = set()
+    for root in model_roots():
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            if path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS and ".git" not in path.parts:
+                found.add(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def model_file_path(relative: str) -> Path | None:
+    """Absolute path of a dropdown entry, or None when it is in none of the folders."""
+    folder_paths = _module("folder_paths")
+    if folder_paths is not None:
+        try:
+            full = folder_paths.get_full_path(MODEL_FOLDER, relative)
+        except KeyError:
+            full = None
+        return Path(full) if full else None
+    for root in model_roots():
+        candidate = root / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# -- devices, dtypes, memory ---------------------------------------------------------------------------------
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def torch_device() -> torch.device:
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.get_torch_device())
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.unet_offload_device())
+    return torch.device("cpu")
+
+
+def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``auto`` follows ComfyUI (and its --fp16-unet / --bf16-unet flags); fp32 on the CPU."""
+    if choice != "auto":
+        return DTYPES[choice]
+    if torch.device(device).type == "cpu":
+        return torch.float32
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        return mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    return torch.float16
+
+
+class LocalPatcher:
+    """What the pack needs of a ``ModelPatcher`` when there is no ComfyUI: move the module to the device."""
+
+    def __init__(self, model: torch.nn.Module, load_device, offload_device):
+        self.model = model
+        self.load_device = torch.device(load_device)
+        self.offload_device = torch.device(offload_device)
+        self.loads = 0
+
+    def load(self) -> None:
+        self.model.to(self.load_device)
+        self.loads += 1
+
+    def offload(self) -> None:
+        self.model.to(self.offload_device)
+
+    def model_size(self) -> int:
+        return sum(t.numel() * t.element_size() for t in list(self.model.parameters()) + list(self.model.buffers()))
+
+
+def wrap_model(module: torch.nn.Module, load_device, offload_device):
+    """Hand a module to ComfyUI's memory manager: a ``ModelPatcher`` (weights are moved to the device when
+    :func:`load_models` asks, and offloaded when other models need the room), or a :class:`LocalPatcher`."""
+    model_patcher = _module("comfy.model_patcher")
+    if model_patcher is not None and _module("comfy.model_management") is not None:
+        return model_patcher.ModelPatcher(module, load_device=torch.device(load_device),
+                                          offload_device=torch.device(offload_device))
+    return LocalPatcher(module, load_device, offload_device)
+
+
+def load_models(patchers) -> None:
+    """Make sure these models are on their device (freeing others first when ComfyUI needs the room).
+
+    Always a full load: RAIN's modules are plain torch modules without ComfyUI's cast-on-the-fly layers, so a
+    partial (lowvram) load would leave weights on the wrong device."""
+    patchers = [p for p in patchers if p is not None]
+    host = [p for p in patchers if not isinstance(p, LocalPatcher)]
+    for patcher in patchers:
+        if isinstance(patcher, LocalPatcher):
+            patcher.load()
+    if host:
+        mm = _module("comfy.model_management")
+        mm.load_models_gpu(host, force_full_load=True)
+
+
+def soft_empty_cache() -> None:
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# -- progress, previews, interruption ------------------------------------------------------------------------
+class Interrupted(Exception):
+    """Raised by :func:`check_interrupted` outside ComfyUI after :func:`request_interrupt` (tests, scripts)."""
+
+
+_interrupt_requested = False
+
+
+def request_interrupt(value: bool = True) -> None:
+    global _interrupt_requested
+    _interrupt_requested = value
+
+
+def check_interrupted() -> None:
+    """Raise if the user pressed Cancel (ComfyUI's ``InterruptProcessingException``); call it in every loop."""
+    global _interrupt_requested
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+        return
+    if _interrupt_requested:
+        _interrupt_requested = False
+        raise Interrupted("processing interrupted")
+
+
+class _LocalProgressBar:
+    def __init__(self, total: int, node_id=None):
+        self.total, self.current, self.node_id = total, 0, node_id
+        self.previews = 0
+
+    def update_absolute(self, value, total=None, preview=None):
+        if total is not None:
+            self.total = total
+        self.current = min(value, self.total)
+        if preview is not None:
+            self.previews += 1
+
+    def update(self, value):
+        self.update_absolute(self.current + value)
+
+
+def progress_bar(total: int, node_id=None):
+    """ComfyUI's ProgressBar (each update also checks for interruption) or a local one."""
+    utils = _module("comfy.utils") if in_comfyui() else None
+    if utils is not None and hasattr(utils, "ProgressBar"):
+        return utils.ProgressBar(total, node_id=node_id)
+    return _LocalProgressBar(total, node_id)
+
+
+PREVIEW_SIZE = 512
+
+
+def preview(image) -> tuple:
+    """A preview tuple for ``ProgressBar.update_absolute(..., preview=)`` from a PIL image."""
+    return ("JPEG", image, PREVIEW_SIZE)
+
+
+# -- HTTP routes ---------------------------------------------------------------------------------------------
+#: Every route the pack defines, whether or not a server was there to take it: (method, path) -> handler.
+ROUTES: dict[tuple[str, str], Callable] = {}
+
+
+def add_route(method: str, path: str, handler: Callable) -> bool:
+    """Register an aiohttp handler on ComfyUI's server (it also answers under ``/api``); True if registered."""
+    ROUTES[(method.lower(), path)] = handler
+    server = _module("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None) if server is not None else None
+    if instance is None:
+        return False
+    getattr(instance.routes, method.lower())(path)(handler)
+    return True
