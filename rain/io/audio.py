@@ -119,7 +119,11 @@ class AudioCopier:
             if not self.copying:
                 self._output.mux(self._out_stream.encode(None))
         finally:
-            self._input.close()
+            self.release()
+
+    def release(self) -> None:
+        """Close the source file without muxing anything more (safe to call twice)."""
+        self._input.close()
 
 
 # Codecs the MP4/MOV muxers really write (FFmpeg's codec query also says yes to some that

@@ -29,7 +29,7 @@ PathLike = str | os.PathLike[str]
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What ``probe`` learns about a source without decoding it."""
+    """What ``probe`` learns about a source from its headers (and at most one decoded frame)."""
 
     width: int                  # display width (after rotation metadata)
     height: int
@@ -47,7 +47,8 @@ def probe(path: PathLike) -> VideoInfo:
     kind = _source_kind(path)
     if kind == "images":
         files = _image_files(path)
-        width, height = _open_image(files[0]).size
+        with _open_image(files[0]) as first:
+            width, height = first.size
         return VideoInfo(width, height, None, len(files), None, False, kind="images")
     if kind == "image":
         with _open_image(path) as image:
@@ -93,6 +94,8 @@ def read_frames(path: PathLike, *, size: tuple[int, int] | None = None, fps: flo
         raise ValueError("start and max_frames must not be negative")
     if size is not None and (len(size) != 2 or min(size) <= 0):
         raise ValueError(f"size must be (height, width) with positive values, got {size!r}")
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
     kind = _source_kind(path)
     stop = None if max_frames is None else start + max_frames
     if kind == "images":

@@ -160,6 +160,8 @@ class VideoWriter:
             if self._audio is not None:
                 self._audio.close(self.duration)
         finally:
+            if self._audio is not None:
+                self._audio.release()  # the source file, even when flushing failed
             self._container.close()
 
     def __enter__(self) -> VideoWriter:
