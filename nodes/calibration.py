@@ -69,34 +69,57 @@ def seen_frame(node_id) -> SeenFrame | None:
         return _seen.get(str(node_id)) if node_id is not None else None
 
 
-def _fit(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-    height, width = image.shape[:2]
-    scale = size / max(height, width)
-    target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(target, Image.BILINEAR))
+def _view(points: list[np.ndarray], frame_size: tuple[int, int], margin: float = 0.35) -> tuple[np.ndarray, float]:
+    """(top-left in pixels, side in pixels) of a square around every visible point, with a margin."""
+    height, width = frame_size
+    visible = np.concatenate([p[np.all(p >= 0, axis=1)] for p in points]) * np.array([width, height])
+    if len(visible) == 0:
+        return np.array([0.0, 0.0]), float(max(height, width))
+    low, high = visible.min(axis=0), visible.max(axis=0)
+    side = max(float((high - low).max()) * (1 + 2 * margin), 8.0)
+    return (low + high) / 2 - side / 2, side
+
+
+def _crop_square(image: np.ndarray, origin: np.ndarray, side: float, size: int) -> np.ndarray:
+    """The square [origin, origin + side) of ``image`` (pixels; outside the frame is black) at size x size."""
+    import cv2
+    scale = size / side
+    matrix = np.array([[scale, 0.0, -origin[0] * scale], [0.0, scale, -origin[1] * scale]])
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
 
 
 def render_preview(preset: str, params: dict, seen: SeenFrame | None = None, size: int = PREVIEW_SIZE) -> np.ndarray:
-    """H x W x 3 uint8: background (dimmed frame or dark), human landmarks, transformed RAIN dots."""
+    """size x size x 3 uint8, zoomed on the face: background (dimmed frame or dark), human landmarks (grey),
+    transformed RAIN dots. The transform runs on the frame's own normalised coordinates, as in the pipeline;
+    only the drawing is zoomed."""
     import cv2
 
     from ..rain.pose.landmark_transform import apply_translations, missing_points
     from ..rain.pose.render import render_face_pose
 
     face = seen.face if seen is not None else SAMPLE_FACE
-    if seen is not None and seen.image is not None:
-        canvas = (_fit(seen.image, size).astype(np.float32) * 0.45).astype(np.uint8)
+    image = seen.image if seen is not None else None
+    frame_size = image.shape[:2] if image is not None else (size, size)
+    transformed = apply_translations(face, translations_for(preset, params))
+    origin, side = _view([face], frame_size)  # the human face only: the view stays put while sliders move
+    if image is not None:
+        canvas = (_crop_square(image, origin, side, size).astype(np.float32) * 0.45).astype(np.uint8)
     else:
         canvas = np.full((size, size, 3), 24, np.uint8)
-    height, width = canvas.shape[:2]
     canvas = np.ascontiguousarray(canvas)
-    for (x, y), gone in zip(face, missing_points(face)):
+    frame_h, frame_w = frame_size
+
+    def to_view(points):
+        out = (points * np.array([frame_w, frame_h]) - origin) / side
+        out[missing_points(points)] = -1.0
+        return out
+
+    human = to_view(face)
+    for (x, y), gone in zip(human, missing_points(human)):
         if not gone:
-            cv2.circle(canvas, (int(x * width), int(y * height)), 1, _HUMAN_COLOUR, thickness=-1)
-    transformed = apply_translations(face, translations_for(preset, params))
-    radius = max(2, round(3 * min(height, width) / 512 * 1.5))
-    return render_face_pose(transformed, face, height, width, radius=radius, canvas=canvas)
+            cv2.circle(canvas, (int(x * size), int(y * size)), 2, _HUMAN_COLOUR, thickness=-1)
+    radius = max(3, round(size / 64))
+    return render_face_pose(to_view(transformed), None, size, size, radius=radius, canvas=canvas)
 
 
 def preview_png(preset: str, params: dict, node_id=None, source: str = "auto") -> tuple[bytes, str]:
