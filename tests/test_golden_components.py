@@ -36,9 +36,10 @@ def test_per_frame_timestep_embedding(golden_dir, golden_pipeline):
         from diffusers.models.embeddings import Timesteps
         full_width = Timesteps(320, flip_sin_to_cos=True, downscale_freq_shift=0)(timesteps.reshape(-1))
         assert_close_to_golden(full_width, tensors[f"{prefix}_sinusoid_320"])
+        batch, frames = timesteps.shape
         with torch.no_grad():
-            emb = unet.time_embeddings(timesteps, 1, 16, tensors["w_embedding"])
-            emb_zero = unet.time_embeddings(timesteps, 1, 16, torch.zeros(1, 512))
+            emb = unet.time_embeddings(timesteps, batch, frames, tensors["w_embedding"])
+            emb_zero = unet.time_embeddings(timesteps, batch, frames, torch.zeros(1, 512))
         # The UNet keeps [(B·F), 4·C0]; the official layout is [B, 4·C0, F].
         assert_close_to_golden(emb.T[None], tensors[f"{prefix}_emb"], prefix)
         assert_close_to_golden(emb_zero.T[None], tensors[f"{prefix}_emb_zero_w"], prefix + " zero w")
@@ -108,8 +109,10 @@ def test_denoising_unet_forward_and_taps(golden_dir, golden_pipeline):
             hook.remove()
         unet.set_reference(None)
 
+    batch, _, frames = tensors["sample"].shape[:3]
+
     def video(x):  # [(B·F), C, h, w] → [B, C, F, h, w]
-        return x.unflatten(0, (1, 16)).transpose(1, 2)
+        return x.unflatten(0, (batch, frames)).transpose(1, 2)
 
     assert_close_to_golden(video(taps["conv_in"]), tensors["tap_conv_in_out_before_pose"], "conv_in")
     for i in range(4):
@@ -135,7 +138,7 @@ def test_taesdv_chunked_decode_with_memory(golden_dir, golden_pipeline):
     taesdv = golden_pipeline.models.taesdv
     memory = TAESDVMemory()
     latents = tensors["latents"][0]
-    decoded = [taesdv.decode(latents[i:i + 4], memory) for i in range(0, latents.shape[0], 4)]
+    decoded = [taesdv.decode(latents[i:i + 4], memory) for i in range(0, latents.shape[0], 4)]  # 4-frame groups
     assert_close_to_golden(torch.cat(decoded)[None], tensors["decoded_chunked"])
     first = TAESDVMemory()
     taesdv.decode(latents[:4], first)

@@ -68,14 +68,19 @@ def test_fused_step_two_calls(golden_dir, golden_pipeline, stream_data):
     models = golden_pipeline.models
     models.video_unet.set_reference({k[4:]: v for k, v in refs.items() if k.startswith("ref_")})
     models.video_unet.set_temporal_strength(1.0)
-    step = FusedStreamStep(models.video_unet, models.pose_guider, models.taesdv, guidance_scale=2.5)
+    meta = stream_data[1]
+    step = FusedStreamStep(models.video_unet, models.pose_guider, models.taesdv,
+                           guidance_scale=meta["guidance_scale"])
     frames = stream_data[2]
     height, width = frames[0].shape[1:]
+    group = case["call1_in_new_noise"].shape[2]
+    held = case["call1_in_pose_cond_fea"].shape[2]  # pose features of the older groups
     state = FusedState(case["call1_in_sample"], case["call1_in_pose_cond_fea"],
                        zero_memories(models.taesdv, height, width, "cpu", torch.float32))
     try:
         for call in (1, 2):
-            pose = torch.stack(frames[12 + 4 * (call - 1):16 + 4 * (call - 1)], dim=1)[None]
+            first = held + group * (call - 1)
+            pose = torch.stack(frames[first:first + group], dim=1)[None]
             image, state = step(state, pose, refs["encoder_hidden_states"], case[f"call{call}_in_add_noise"],
                                 case[f"call{call}_in_new_noise"])
             assert_close_to_golden(image[None], case[f"call{call}_out_image"], f"call {call} image")
