@@ -137,10 +137,10 @@ def run_memory(args, device, dtype):
         if index % 250 == 0 or index == args.memory_frames - 1:
             gc.collect()
             samples.append((index + 1, process.memory_info().rss / 2**20))
+            print(f"  after {index + 1:6d} frames in, {produced:6d} out: RSS {samples[-1][1]:8.1f} MiB "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
     elapsed = time.perf_counter() - start
     print(f"memory: {args.memory_frames} frames in, {produced} out, {size}x{size}, {elapsed:.0f} s")
-    for frames, rss in samples[:: max(1, len(samples) // 10)] + [samples[-1]]:
-        print(f"  after {frames:6d} frames: RSS {rss:8.1f} MiB")
     settled = [rss for frames, rss in samples if frames >= 500]
     print(f"RSS ratio last/first after warm-up: {settled[-1] / settled[0]:.4f} "
           f"(min {min(settled):.1f}, max {max(settled):.1f} MiB)")
