@@ -97,7 +97,7 @@ def fingerprint(choice: str) -> str:
         files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
         for file in files:
             stat = file.stat()
-            parts.append(f"{name}:{file}:{stat.st_size}:{stat.st_mtime_ns}")
+            parts.append(f"{name}:{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     return "|".join(parts)
 
 
