@@ -38,8 +38,9 @@ function attachPreview(node) {
   caption.textContent = "calibration preview";
   container.append(image, caption);
 
-  const widget = node.addDOMWidget(PREVIEW_WIDGET, "rain_calibration", container, { hideOnZoom: false });
-  widget.serialize = false; // not a value: keeps the saved widgets_values the node's own inputs
+  // Not a value: stays out of the saved widgets_values (serialize) and of the queued prompt (options.serialize).
+  const widget = node.addDOMWidget(PREVIEW_WIDGET, "rain_calibration", container, { hideOnZoom: false, serialize: false });
+  widget.serialize = false;
   widget.computeLayoutSize = () => ({ minHeight: 160, minWidth: 160 });
 
   let inFlight = false;

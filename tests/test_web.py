@@ -1,0 +1,114 @@
+"""The calibration widget: the frontend file the pack serves, and the preview it asks the server for."""
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NAME = "ComfyUI-RAIN-web-test"
+
+
+@pytest.fixture(scope="module")
+def pack():
+    spec = importlib.util.spec_from_file_location(NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[NAME] = module
+    spec.loader.exec_module(module)
+    yield module
+    for key in [k for k in sys.modules if k.startswith(NAME)]:
+        del sys.modules[key]
+
+
+@pytest.fixture(scope="module")
+def calibration(pack):
+    return sys.modules[f"{NAME}.nodes.calibration"]
+
+
+@pytest.fixture(scope="module")
+def script(pack):
+    files = sorted((REPO / pack.WEB_DIRECTORY).glob("*.js"))
+    assert files, "WEB_DIRECTORY holds no .js file"
+    return (REPO / pack.WEB_DIRECTORY / "rain_calibration.js").read_text()
+
+
+def test_script_targets_our_node_and_route(pack, calibration, script):
+    assert f'"{calibration.ROUTE}"' in script
+    node = re.search(r'const NODE_TYPE = "([^"]+)"', script).group(1)
+    assert node in pack.NODE_CLASS_MAPPINGS
+    # Served at /extensions/<pack>/rain_calibration.js: the frontend's modules are two levels up.
+    assert 'from "../../scripts/app.js"' in script and 'from "../../scripts/api.js"' in script
+    # The preview is not a value: neither saved in workflows nor sent with the prompt.
+    assert "serialize: false" in script and "widget.serialize = false" in script
+
+
+def test_script_parses():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    result = subprocess.run([node, "--check", "--input-type=module"], input=(REPO / "web" / "rain_calibration.js")
+                            .read_text(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def decode(png: bytes) -> np.ndarray:
+    from io import BytesIO
+
+    from PIL import Image
+    return np.asarray(Image.open(BytesIO(png)).convert("RGB"))
+
+
+def test_preview_follows_the_sliders(calibration):
+    base, over = calibration.preview_png("calibration", {}, node_id=None)
+    assert over == "sample"
+    same, _ = calibration.preview_png("calibration", {"eye_height_ratio": 3.0})   # the default value
+    moved, _ = calibration.preview_png("calibration", {"eye_height_ratio": 1.0})
+    human, _ = calibration.preview_png("none", {"eye_height_ratio": 1.0})
+    startup, _ = calibration.preview_png("startup", {"eye_height_ratio": 1.0})
+    image = decode(base)
+    assert image.shape == (calibration.PREVIEW_SIZE, calibration.PREVIEW_SIZE, 3)
+    assert np.array_equal(decode(same), image)
+    assert not np.array_equal(decode(moved), image)
+    assert not np.array_equal(decode(human), image)
+    assert not np.array_equal(decode(startup), decode(moved))   # startup ignores the sliders
+    colours = {tuple(c) for c in image.reshape(-1, 3).tolist()}
+    assert (255, 128, 128) in colours and (128, 128, 255) in colours  # both eyes' RAIN dots are drawn
+
+
+def test_preview_matches_the_engine_transform(calibration):
+    """The widget draws exactly what the node applies: the engine's transform of the same face."""
+    from rain.pose.landmark_transform import FaceCalibration, apply_translations, calibration_translations
+
+    params = {"eye_width_ratio": 2.2, "jaw_width_ratio": 0.7}
+    translations = calibration.translations_for("calibration", params)
+    face = calibration.SAMPLE_FACE
+    expected = apply_translations(face, calibration_translations(FaceCalibration(**params)))
+    np.testing.assert_allclose(apply_translations(face, translations), expected)
+    with pytest.raises(ValueError):
+        calibration.translations_for("sideways", {})
+
+
+def test_preview_over_the_last_frame(calibration):
+    frame = np.zeros((90, 120, 3), np.uint8)
+    frame[:, :60] = 200
+    calibration.remember("42", calibration.SeenFrame(calibration.SAMPLE_FACE.copy(), frame, 0))
+    png, over = calibration.preview_png("calibration", {}, node_id="42")
+    assert over == "frame"
+    image = decode(png)
+    assert image[..., 0].max() >= 80       # the dimmed frame shows behind the landmarks
+    sample, over = calibration.preview_png("calibration", {}, node_id="42", source="sample")
+    assert over == "sample"
+
+
+def test_face_with_missing_points_still_previews(calibration):
+    face = calibration.SAMPLE_FACE.copy()
+    face[36:42] = -1.0
+    calibration.remember("43", calibration.SeenFrame(face, None, 0))
+    png, over = calibration.preview_png("calibration", {}, node_id="43")
+    colours = {tuple(c) for c in decode(png).reshape(-1, 3).tolist()}
+    assert (128, 128, 255) in colours and (255, 128, 128) not in colours  # the unseen eye is not drawn
