@@ -521,3 +521,36 @@ def test_calibration_route_answers_png(env):
     assert response.headers["X-RAIN-Source"] == "sample"
     bad = asyncio.run(handler(Request(json.dumps({"preset": "sideways"}))))
     assert bad.status == 400 and isinstance(bad, aiohttp.web.Response)
+
+
+# -- without any host ------------------------------------------------------------------------------------------
+def test_nodes_run_without_comfyui(tmp_path_factory, monkeypatch):
+    """The host module's own fallbacks: models from a given folder, modules moved by hand, local progress and
+    interruption - what scripts and other tests get when ComfyUI is absent."""
+    for name in ("folder_paths", "comfy", "comfy.model_management", "comfy.model_patcher", "comfy.utils", "server"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    models = tiny_models(tmp_path_factory)
+    name = "ComfyUI-RAIN-no-host"
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pack
+    try:
+        spec.loader.exec_module(pack)
+        host = sys.modules[f"{name}.nodes.host"]
+        assert not host.in_comfyui()
+        host.set_fallback_models_dirs([models])
+        classes = pack.NODE_CLASS_MAPPINGS
+        assert classes["RAIN_LoadModel"].INPUT_TYPES()["required"]["motion_unet"][0] == ["motion_unet.pth"]
+        (rain_model,) = classes["RAIN_LoadModel"]().load("motion_unet.pth", "auto", "cpu")
+        assert all(isinstance(p, host.LocalPatcher) for p in rain_model.patchers.values())
+        (reference,) = classes["RAIN_FuseReference"]().fuse(rain_model, torch.rand(1, 64, 64, 3), SIZE, SIZE)
+        assert rain_model.patchers["reference"].loads == 1
+        images, _ = classes["RAIN_StreamSampler"]().sample(rain_model, reference, poses(2), decoder="taesdv", **FAST)
+        assert images.shape == (2, SIZE, SIZE, 3)
+        host.request_interrupt()
+        with pytest.raises(host.Interrupted):
+            classes["RAIN_StreamSampler"]().sample(rain_model, reference, poses(2), decoder="taesdv", **FAST)
+        assert ("post", "/rain/calibration/preview") in host.ROUTES   # defined, with no server to take it
+    finally:
+        for key in [k for k in sys.modules if k.startswith(name)]:
+            del sys.modules[key]
