@@ -21,6 +21,7 @@ MISSING_POLICIES = ["hold", "blank"]
 PROVIDERS = ["auto", "cpu"]
 DRAW_STYLES = ["face dots", "whole body"]
 FACE_POINTS = 68
+DEFAULT_DOT_RADIUS = 3  # when the chin or nose bridge is unseen (the official radius would be meaningless)
 
 
 def _onnx_choices(kind: str) -> list[str]:
@@ -264,8 +265,8 @@ class RainLandmarkTransform:
 
 
 class RainDrawPose:
-    DESCRIPTION = ("Draws POSE_KEYPOINT as the pose images RAIN is driven by: RAIN's coloured face dots, or an "
-                   "OpenPose-style whole-body skeleton.")
+    DESCRIPTION = ("Draws POSE_KEYPOINT as the pose images RAIN is driven by: RAIN's coloured face dots (of the "
+                   "largest person), or an OpenPose-style whole-body skeleton (everyone).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("pose_images",)
@@ -283,7 +284,7 @@ class RainDrawPose:
         }}
 
     def draw(self, pose_keypoint, style, width, height):
-        from ..rain.pose.keypoints import load_pose_keypoint, read_pose_keypoint
+        from ..rain.pose.keypoints import largest_person, load_pose_keypoint, read_pose_keypoint
         from ..rain.pose.render import face_dot_radius, render_face_pose, render_wholebody_pose
         from ..rain.pose.skeleton import FACE
 
@@ -297,15 +298,14 @@ class RainDrawPose:
             if style == "whole body":
                 images.append(render_wholebody_pose(frame.people, height, width))
                 continue
+            # RAIN is driven by one face: the largest person's, as the detector picks it.
             canvas = np.zeros((height, width, 3), np.uint8)
-            canvas_h, canvas_w = frame.canvas_size
-            for person, person_entry in zip(frame.people, entry.get("people") or []):
-                face = person[FACE]
-                if np.all(face < 0):
-                    continue
-                original = untransformed_face(person_entry, canvas_h, canvas_w)
-                anchors = original[[8, 27]] if original is not None else face[[8, 27]]
-                radius = face_dot_radius(original if original is not None else face) if np.all(anchors >= 0) else 3
+            index = largest_person(frame)
+            face = frame.people[index][FACE] if index is not None else None
+            if face is not None and not np.all(face < 0):
+                original = untransformed_face(entry["people"][index], *frame.canvas_size)
+                sizing = original if original is not None else face
+                radius = face_dot_radius(sizing) if np.all(sizing[[8, 27]] >= 0) else DEFAULT_DOT_RADIUS
                 render_face_pose(face, None, height, width, radius=radius, canvas=canvas)
             images.append(canvas)
         if not images:

@@ -111,6 +111,19 @@ class _Parts(torch.nn.Module):
                 self.add_module(name, module)
 
 
+# Named per group: ComfyUI's log says "Requested to load <class name>".
+class RainStreamModels(_Parts):
+    """Denoising UNet, pose guider, TAESDV."""
+
+
+class RainReferenceModels(_Parts):
+    """Reference UNet, CLIP image encoder."""
+
+
+class RainVAE(_Parts):
+    """The SD VAE (reference encoding, full-quality decoding)."""
+
+
 @dataclass
 class RainModel:
     """The RAIN_MODEL payload: the engine pipeline plus its modules wrapped for ComfyUI's memory manager.
@@ -258,11 +271,11 @@ def load_model_set(choice: str, *, dtype_choice: str = "auto", device_choice: st
 
     pipeline = RainPipeline(models, device=load_device, dtype=dtype)
     patchers = {
-        "stream": host.wrap_model(_Parts(video_unet=models.video_unet, pose_guider=models.pose_guider,
+        "stream": host.wrap_model(RainStreamModels(video_unet=models.video_unet, pose_guider=models.pose_guider,
                                          taesdv=models.taesdv), load_device, offload),
-        "reference": host.wrap_model(_Parts(reference_unet=models.reference_unet,
+        "reference": host.wrap_model(RainReferenceModels(reference_unet=models.reference_unet,
                                             image_encoder=models.image_encoder), load_device, offload),
-        "vae": host.wrap_model(_Parts(vae=models.vae), load_device, offload),
+        "vae": host.wrap_model(RainVAE(vae=models.vae), load_device, offload),
     }
     return RainModel(pipeline, patchers, paths, name=choice)
 

@@ -554,3 +554,17 @@ def test_nodes_run_without_comfyui(tmp_path_factory, monkeypatch):
     finally:
         for key in [k for k in sys.modules if k.startswith(name)]:
             del sys.modules[key]
+
+
+def test_face_dots_follow_the_largest_person(nodes):
+    face = sample_face()
+    small = face * 0.3 + 0.05                       # a second, smaller face in the corner
+    people = []
+    for points in (small, face):
+        triples = np.concatenate([points * 100, np.ones((68, 1))], axis=1).reshape(-1).tolist()
+        people.append({"pose_keypoints_2d": None, "face_keypoints_2d": triples})
+    both = [{"people": people, "canvas_height": 100, "canvas_width": 100}]
+    alone = [{"people": people[1:], "canvas_height": 100, "canvas_width": 100}]
+    (drawn,) = nodes["RAIN_DrawPose"].draw(both, "face dots", SIZE, SIZE)
+    (expected,) = nodes["RAIN_DrawPose"].draw(alone, "face dots", SIZE, SIZE)
+    torch.testing.assert_close(drawn, expected)
