@@ -142,6 +142,9 @@ class RainStreamSampler:
         settings = StreamSettings(frames_per_group=int(frames_per_group), num_groups=int(num_groups),
                                   steps_per_group=int(steps_per_group), guidance_scale=float(guidance_scale),
                                   seed=int(seed), decoder="none", temporal_strength=float(temporal_strength))
+        if reference.model is not rain_model:
+            raise ValueError("This reference was fused with another RAIN model: connect the same Load RAIN Model "
+                             "node to Fuse RAIN Reference and to the sampler.")
         fitted = reference.for_size(height, width)
         rain_model.load("stream", *(["vae"] if decoder == "vae" else []))
         stream = rain_model.pipeline.open_stream(fitted, settings, height=height, width=width)

@@ -394,13 +394,15 @@ def test_bad_pose_size_says_how_to_fix_it(model, reference, nodes):
         nodes["RAIN_StreamSampler"].sample(model, reference, poses(1, (SIZE + 4, SIZE)), decoder="taesdv", **FAST)
 
 
-def test_loader_takes_comfyui_vae_and_clip_vision(env, model, nodes):
+def test_loader_takes_comfyui_vae_and_clip_vision(env, model, reference, nodes):
     host, pack = env
     comfy_vae = types.SimpleNamespace(first_stage_model=model.pipeline.models.vae)   # ComfyUI's VAE object
     clip_vision = types.SimpleNamespace(model=model.pipeline.models.image_encoder)   # ComfyUI's CLIP_VISION
     (other,) = nodes["RAIN_LoadModel"].load("motion_unet.pth", "auto", "auto", vae=comfy_vae,
                                             clip_vision=clip_vision)
     assert other.pipeline.models.vae is not model.pipeline.models.vae
+    with pytest.raises(ValueError, match="same Load RAIN Model"):
+        nodes["RAIN_StreamSampler"].sample(other, reference, poses(1), decoder="taesdv", **FAST)
     for ours, theirs in ((other.pipeline.models.vae, model.pipeline.models.vae),
                          (other.pipeline.models.image_encoder, model.pipeline.models.image_encoder)):
         a, b = ours.state_dict(), theirs.state_dict()
