@@ -165,8 +165,9 @@ class RainStreamSampler:
         for index in range(total):
             host.check_interrupted()
             collect(stream.push(to_pose_tensor(poses[index])))
-        host.check_interrupted()
-        collect(stream.finish())
+        for tail in stream.drain():  # the end of the input, one UNet call at a time
+            host.check_interrupted()
+            collect(tail)
         images = torch.cat(frames).contiguous()
         samples = torch.cat(latents) / LATENT_SCALE
         return (images, {"samples": samples.contiguous()})

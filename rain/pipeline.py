@@ -180,7 +180,7 @@ class RainPipeline:
         def pose_features(poses):
             return models.pose_guider(poses.to(self.device, self.dtype))
 
-        decode = self._decoder(settings.decoder)
+        decode = self.make_decoder(settings.decoder)
         if noise is None:
             noise = SeededNoise(settings.seed)
         elif not callable(noise):
@@ -189,7 +189,9 @@ class RainPipeline:
                           latent_shape=(4, height // 8, width // 8), settings=settings, device=self.device,
                           dtype=self.dtype, record_calls=record_calls)
 
-    def _decoder(self, name: str):
+    def make_decoder(self, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A decoder for one stream: latents [G,4,h,w] (UNet space) → frames [G,H,W,3] in [0,1] on the CPU.
+        TAESDV's carries its memory from call to call, so consecutive groups decode as one sequence."""
         if name == "none":
             return None
         if name == "taesdv":

@@ -130,19 +130,22 @@ class RainStream:
                 out.extend(self._call(group, valid=len(group)))
         return out
 
-    def finish(self) -> list[torch.Tensor]:
-        """End of input: pad a partial group with its last frame, then drain every group still in flight."""
-        out: list[torch.Tensor] = []
+    def drain(self) -> Iterator[list[torch.Tensor]]:
+        """End of input, one UNet call at a time (so a host can check for interruption between calls):
+        pad a partial group with its last frame, then step the groups still in flight until all are out."""
         if self._pending:
             valid = len(self._pending)
             group = self._pending + [self._pending[-1]] * (self.settings.frames_per_group - valid)
             self._pending = []
-            out.extend(self._call(group, valid=valid))
+            yield self._call(group, valid=valid)
         if self.settings.drain:
             while self._window:
-                out.extend(self._call(None, valid=0))
+                yield self._call(None, valid=0)
         self.finished = True
-        return out
+
+    def finish(self) -> list[torch.Tensor]:
+        """End of input: every remaining frame (see ``drain``)."""
+        return [frame for frames in self.drain() for frame in frames]
 
     def run(self, frames: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Generator over a whole input: yields each finished frame as soon as it is clean, in input order."""
