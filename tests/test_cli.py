@@ -54,3 +54,63 @@ def test_missing_weights_message_names_the_command(tmp_path, capsys):
 def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "rain", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and "animate" in result.stdout and "download" in result.stdout
+
+
+def write_raw_video(path, frames=6, height=60, width=80):
+    """A 'webcam' take with odd proportions; the stand-in detector ignores its pixels."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=16)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            frame = np.full((height, width, 3), 40 + 20 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def stand_in_dwpose(folder, with_face=True):
+    """DWPose-shaped ONNX files (named like the real ones) that report a frontal face, or nobody."""
+    from rain.pose.stand_in_models import dwpose_stand_in, yolox_stand_in
+    folder.mkdir(parents=True, exist_ok=True)
+    simcc_x, simcc_y = np.zeros((133, 384), np.float32), np.zeros((133, 512), np.float32)
+    if with_face:
+        angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+        for k, angle in enumerate(angles):  # COCO-WholeBody face points are 23..90
+            x, y = 0.5 + 0.2 * np.cos(angle) * (1 + k % 3) / 3, 0.5 + 0.25 * np.sin(angle) * (1 + k % 2) / 2
+            simcc_x[23 + k, int(2 * 192 * x)] = 1.0
+            simcc_y[23 + k, int(2 * 256 * y)] = 1.0
+    (folder / "yolox_l.onnx").write_bytes(yolox_stand_in())
+    (folder / "dw-ll_ucoco_384.onnx").write_bytes(dwpose_stand_in(simcc_x, simcc_y, input_size=(256, 192)))
+
+
+def test_animate_from_a_raw_video_through_face_detection(tiny_models_dir, tmp_path, capsys):
+    import shutil
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    stand_in_dwpose(models / "dwpose")
+    driving = tmp_path / "take.mp4"
+    write_raw_video(driving)
+    Image.new("RGB", (40, 60), (200, 120, 90)).save(tmp_path / "r.png")
+    out = tmp_path / "out.mkv"
+    code = main(["animate", "--models-dir", str(models), "--reference", str(tmp_path / "r.png"),
+                 "--driving", str(driving), "--task", "face", "--size", "64", "-o", str(out)])
+    assert code == 0
+    assert sum(1 for _ in av.open(str(out)).decode(video=0)) == 6
+    report = capsys.readouterr().out
+    assert "6 frames: 0 without a face" in report
+
+
+def test_animate_reports_frames_without_a_face(tiny_models_dir, tmp_path, capsys):
+    import shutil
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    stand_in_dwpose(models / "dwpose", with_face=False)
+    driving = tmp_path / "take.mp4"
+    write_raw_video(driving, frames=4)
+    Image.new("RGB", (40, 60)).save(tmp_path / "r.png")
+    code = main(["animate", "--models-dir", str(models), "--reference", str(tmp_path / "r.png"),
+                 "--driving", str(driving), "--task", "face", "--size", "64", "--missing", "blank",
+                 "-o", str(tmp_path / "out.mp4")])
+    assert code == 0
+    assert "4 frames: 4 without a face" in capsys.readouterr().out
