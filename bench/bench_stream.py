@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rain.devtools import _randomise  # noqa: E402
+from rain.devtools import randomise_weights  # noqa: E402
 from rain.loading import RainModels  # noqa: E402
 from rain.models.pose_guider import PoseGuider, PoseGuiderConfig  # noqa: E402
 from rain.models.taesdv import TAESDV  # noqa: E402
@@ -39,7 +39,7 @@ def build(full: bool, device, dtype) -> RainModels:
     taesdv = TAESDV()
     for module in (unet, guider, taesdv):
         if not full:  # random init of 1.3 B parameters on the CPU takes minutes; default init is fine for speed
-            _randomise(module, generator)
+            randomise_weights(module, generator)
     return RainModels(unet.to(device, dtype).eval(), guider.to(device, dtype).eval(), taesdv=taesdv.to(device, dtype).eval())
 
 

@@ -20,7 +20,7 @@ from .models.video_unet import UNetConfig, VideoUNet
 TINY_CONFIG = Path(__file__).parent / "configs" / "tiny.json"
 
 
-def _randomise(module: torch.nn.Module, generator: torch.Generator) -> None:
+def randomise_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Give every weight a visible random value (official constructors zero some layers, which would hide
     whole paths: motion-module outputs, the guidance projection, the pose guider's last conv)."""
     for name, parameter in module.named_parameters():
@@ -44,31 +44,26 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
     unet_config = UNetConfig(block_out_channels=tuple(config["unet_block_out_channels"]))
 
     def save_pth(module: torch.nn.Module, name: str) -> None:
-        _randomise(module, generator)
+        randomise_weights(module, generator)
         torch.save({k: v.contiguous() for k, v in module.state_dict().items()}, models_dir / f"{name}.pth")
 
     save_pth(ReferenceUNet.from_config_dataclass(unet_config), "reference_unet")
     save_pth(VideoUNet(unet_config), "motion_unet")
     guider = PoseGuider(PoseGuiderConfig(conditioning_embedding_channels=config["pose_guider_out_channels"]))
-    _randomise(guider, generator)
+    randomise_weights(guider, generator)
     with torch.no_grad():
         guider.conv_out.weight.mul_(5.0)  # sparse dot images otherwise give near-zero features
     torch.save(guider.state_dict(), models_dir / "pose_guider.pth")
-    taesdv = TAESDV()
-    _randomise(taesdv, generator)
-    torch.save(taesdv.state_dict(), models_dir / "taesdv.pth")
+    save_pth(TAESDV(), "taesdv")
 
-    vae_dir = models_dir / "sd-vae-ft-mse"
-    vae_dir.mkdir(exist_ok=True)
-    vae = build_vae(config["vae"])
-    _randomise(vae, generator)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, vae_dir / "diffusion_pytorch_model.safetensors")
-    (vae_dir / "config.json").write_text(json.dumps(config["vae"], indent=1))
+    def save_folder(module: torch.nn.Module, folder: str, filename: str, folder_config: dict) -> None:
+        """A diffusers/transformers-style folder: config.json next to the weights."""
+        randomise_weights(module, generator)
+        (models_dir / folder).mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, models_dir / folder / filename)
+        (models_dir / folder / "config.json").write_text(json.dumps(folder_config, indent=1))
 
-    clip_dir = models_dir / "image_encoder"
-    clip_dir.mkdir(exist_ok=True)
-    encoder = build_image_encoder(config["image_encoder"])
-    _randomise(encoder, generator)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, clip_dir / "model.safetensors")
-    (clip_dir / "config.json").write_text(json.dumps(config["image_encoder"], indent=1))
+    save_folder(build_vae(config["vae"]), "sd-vae-ft-mse", "diffusion_pytorch_model.safetensors", config["vae"])
+    save_folder(build_image_encoder(config["image_encoder"]), "image_encoder", "model.safetensors",
+                config["image_encoder"])
     return models_dir

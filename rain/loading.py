@@ -68,35 +68,33 @@ def _check_kind(state_dict: dict, *, source, expected: str) -> None:
                                    f"checkpoint. Check which file is where in the models folder.")
 
 
-def video_unet_from_state_dict(state_dict, *, source="motion_unet", dtype=torch.float32, device="cpu") -> VideoUNet:
-    _check_kind(state_dict, source=source, expected="motion_unet")
+def _sized_from_state_dict(state_dict, *, source, model_name: str, description: str, read_config, build,
+                           dtype, device):
+    """A RAIN model whose widths are read off its checkpoint (reduced test files and released ones alike)."""
+    _check_kind(state_dict, source=source, expected=model_name)
     try:
-        config = UNetConfig.from_state_dict(state_dict)
+        config = read_config(state_dict)
     except KeyError as error:
-        raise weights.WeightsError(f"{source}: not a RAIN denoising UNet checkpoint (no {error} key)") from None
-    return _fill(lambda: VideoUNet(config), state_dict, source=source, model_name="motion_unet", dtype=dtype,
-                 device=device)
+        raise weights.WeightsError(f"{source}: not a RAIN {description} checkpoint (no {error} key)") from None
+    return _fill(lambda: build(config), state_dict, source=source, model_name=model_name, dtype=dtype, device=device)
+
+
+def video_unet_from_state_dict(state_dict, *, source="motion_unet", dtype=torch.float32, device="cpu") -> VideoUNet:
+    return _sized_from_state_dict(state_dict, source=source, model_name="motion_unet", description="denoising UNet",
+                                  read_config=UNetConfig.from_state_dict, build=VideoUNet, dtype=dtype, device=device)
 
 
 def reference_unet_from_state_dict(state_dict, *, source="reference_unet", dtype=torch.float32,
                                    device="cpu") -> ReferenceUNet:
-    _check_kind(state_dict, source=source, expected="reference_unet")
-    try:
-        config = UNetConfig.from_state_dict(state_dict)
-    except KeyError as error:
-        raise weights.WeightsError(f"{source}: not a RAIN reference UNet checkpoint (no {error} key)") from None
-    return _fill(lambda: ReferenceUNet.from_config_dataclass(config), state_dict, source=source,
-                 model_name="reference_unet", dtype=dtype, device=device)
+    return _sized_from_state_dict(state_dict, source=source, model_name="reference_unet",
+                                  description="reference UNet", read_config=UNetConfig.from_state_dict,
+                                  build=ReferenceUNet.from_config_dataclass, dtype=dtype, device=device)
 
 
 def pose_guider_from_state_dict(state_dict, *, source="pose_guider", dtype=torch.float32, device="cpu") -> PoseGuider:
-    _check_kind(state_dict, source=source, expected="pose_guider")
-    try:
-        config = PoseGuiderConfig.from_state_dict(state_dict)
-    except KeyError as error:
-        raise weights.WeightsError(f"{source}: not a RAIN pose guider checkpoint (no {error} key)") from None
-    return _fill(lambda: PoseGuider(config), state_dict, source=source, model_name="pose_guider", dtype=dtype,
-                 device=device)
+    return _sized_from_state_dict(state_dict, source=source, model_name="pose_guider", description="pose guider",
+                                  read_config=PoseGuiderConfig.from_state_dict, build=PoseGuider, dtype=dtype,
+                                  device=device)
 
 
 def taesdv_from_state_dict(state_dict, *, source="taesdv", dtype=torch.float32, device="cpu") -> TAESDV:

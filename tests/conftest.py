@@ -14,11 +14,11 @@ def _cpu_determinism():
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    """The official implementation's reference data (``shared/golden``), if the environment points at it."""
+    """The official implementation's reference data (the golden set), if the environment points at it."""
     value = os.environ.get(GOLDEN_ENV)
     if not value:
-        pytest.skip(f"golden parity data not available: set {GOLDEN_ENV} to the shared/golden folder "
-                    f"(.ci/run sets it to ../shared/golden)")
+        pytest.skip(f"golden parity data not available: set {GOLDEN_ENV} to the folder holding the official "
+                    f"implementation's golden set (CI sets it)")
     path = Path(value)
     if not (path / "index.json").is_file():
         pytest.skip(f"{GOLDEN_ENV}={value} does not contain the golden set (no index.json there)")

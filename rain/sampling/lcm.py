@@ -51,6 +51,13 @@ class PerFrameLCM:
         self.stride = config.num_train_timesteps // num_inference_steps
         self.timesteps = trailing_timesteps(num_inference_steps, config.num_train_timesteps)
         self.alphas_cumprod = alphas_cumprod(config)
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    def _table(self, device: torch.device) -> torch.Tensor:
+        # Copied to the model's device once, not on every step of the stream.
+        if device not in self._tables:
+            self._tables[device] = self.alphas_cumprod.to(device)
+        return self._tables[device]
 
     def _per_frame(self, values: torch.Tensor) -> torch.Tensor:
         return values[:, None, :, None, None]
@@ -58,7 +65,7 @@ class PerFrameLCM:
     def step(self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor,
              noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         device = sample.device
-        table = self.alphas_cumprod.to(device)
+        table = self._table(device)
         timesteps = torch.as_tensor(timesteps, device=device, dtype=torch.long)
         previous = timesteps - self.stride
         alpha_t = self._per_frame(table[timesteps])
