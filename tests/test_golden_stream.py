@@ -56,8 +56,9 @@ def test_stream_reproduces_official_run(stream_data, reference, golden_pipeline,
 
 
 def test_emitted_latents(stream_data, reference, golden_pipeline):
-    tensors, _, frames, noise = stream_data
-    stream = golden_pipeline.open_stream(reference, StreamSettings(decoder="none", drain=False), noise=noise)
+    tensors, meta, frames, noise = stream_data
+    settings = StreamSettings(decoder="none", guidance_scale=meta["guidance_scale"], seed=meta["seed"], drain=False)
+    stream = golden_pipeline.open_stream(reference, settings, noise=noise)
     latents = [latent for frame in frames for latent in stream.push(frame)]
     assert_close_to_golden(torch.stack(latents, dim=1)[None], tensors["emitted_latents"])
 

@@ -348,7 +348,8 @@ def test_sampler_outputs_images_and_latents_with_progress_previews(env, model, r
     assert previews and previews[0][0] == "JPEG" and previews[0][1].size == (SIZE, SIZE)
 
     (decoded,) = nodes["RAIN_DecodeLatents"].decode(model, latents, "taesdv")
-    torch.testing.assert_close(decoded, images, atol=1e-5, rtol=0)
+    # Decoded in chunks of another length than the sampler's groups: the same maths, float32-rounded differently.
+    torch.testing.assert_close(decoded, images, atol=1e-4, rtol=0)
 
 
 def test_sampler_is_deterministic_and_the_seed_matters(model, reference, nodes):
