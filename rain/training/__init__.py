@@ -1,0 +1,1 @@
+"""Training RAIN: prepared clip datasets, the two training stages, consistency distillation, evaluation."""
