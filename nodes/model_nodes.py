@@ -149,15 +149,17 @@ class RainStreamSampler:
         rain_model.load("stream", *(["vae"] if decoder == "vae" else []))
         stream = rain_model.pipeline.open_stream(fitted, settings, height=height, width=width)
         decode = rain_model.decoder(decoder)
+        memory = None  # the decoder's memory across groups (TAESDV): one continuous video
         progress = host.progress_bar(total, node_id=unique_id)
         frames, latents = [], []
 
         def collect(finished):
+            nonlocal memory
             if not finished:
                 return
             batch = torch.stack(finished)
             latents.append(batch.float().cpu())
-            decoded = decode(batch)
+            decoded, memory = decode(batch, memory)
             frames.append(decoded)
             done = sum(len(f) for f in frames)
             progress.update_absolute(done, total, host.preview(_pil(decoded[-1])))
@@ -200,10 +202,11 @@ class RainDecodeLatents:
         decode = rain_model.decoder(decoder)
         total = int(samples.shape[0])
         progress = host.progress_bar(total, node_id=unique_id)
-        frames = []
+        frames, memory = [], None
         for start in range(0, total, self.CHUNK):
             host.check_interrupted()
-            frames.append(decode(samples[start:start + self.CHUNK] * LATENT_SCALE))
+            decoded, memory = decode(samples[start:start + self.CHUNK] * LATENT_SCALE, memory)
+            frames.append(decoded)
             progress.update_absolute(min(start + self.CHUNK, total), total, host.preview(_pil(frames[-1][-1])))
         return (torch.cat(frames).contiguous(),)
 

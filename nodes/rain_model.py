@@ -24,9 +24,6 @@ FOLDERS = ("vae", "image_encoder")
 DEFAULT_CHOICE = "motion_unet.pth"
 #: SD1.x latent scale: RAIN's latents are scaled ("UNet space"); ComfyUI's LATENT holds them unscaled.
 LATENT_SCALE = 0.18215
-#: latent → RGB factors of SD1.x latents (scaled), for cheap previews without a decoder.
-SD15_LATENT_RGB = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
-                   (-0.2120, -0.2616, -0.7177))
 
 
 def denoiser_choices(files: list[str]) -> list[str]:
@@ -153,40 +150,10 @@ class RainModel:
         return {"taesdv": models.taesdv, "vae": models.vae}.get(decoder, True) is not None
 
     def decoder(self, name: str):
-        """A fresh per-stream decoder: UNet-space latents [T,4,h,w] → frames [T,H,W,3] float32 CPU in [0, 1].
-        TAESDV carries its memory across calls (one decoder per video); 'none' is a latent→RGB preview."""
-        models = self.pipeline.models
-        device, dtype = self.device, self.dtype
-        if name == "taesdv":
-            if models.taesdv is None:
-                raise RuntimeError("The TAESDV decoder is not loaded (no taesdv.pth in models/rain): put taesdv.pth "
-                                   "there or choose the 'vae' decoder.")
-            from ..rain.models.taesdv import TAESDVMemory
-            memory = TAESDVMemory()
-
-            def decode(latents):
-                frames = models.taesdv.decode(latents.to(device, dtype), memory)
-                return frames.clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
-            return decode
-        if name == "vae":
-            if models.vae is None:
-                raise RuntimeError("The SD VAE is not loaded: choose the 'taesdv' decoder or give the loader a VAE.")
-            from ..rain.models.vae import decode_latents
-
-            def decode(latents):
-                return decode_latents(models.vae, latents.to(device)).permute(0, 2, 3, 1).float().cpu()
-            return decode
-        if name == "none":
-            return latent_preview_frames
-        raise ValueError(f"unknown decoder {name!r}: choose 'taesdv', 'vae' or 'none'")
-
-
-def latent_preview_frames(latents: torch.Tensor) -> torch.Tensor:
-    """Cheap RGB approximation of UNet-space SD1.x latents [T,4,h,w] → [T,8h,8w,3] in [0, 1] (no decoder)."""
-    factors = torch.tensor(SD15_LATENT_RGB, dtype=torch.float32)
-    rgb = torch.einsum("tchw,cr->thwr", latents.float().cpu(), factors)
-    rgb = ((rgb + 1) / 2).clamp(0, 1)
-    return rgb.repeat_interleave(8, dim=1).repeat_interleave(8, dim=2).contiguous()
+        """A decoder of this set (``rain.decoders``): (UNet-space latents [T,4,h,w], memory) → (frames [T,H,W,3]
+        float32 CPU in [0, 1], memory). The nodes' 'none' is the cheap latent → RGB preview."""
+        from ..rain.decoders import make_decoder
+        return make_decoder(self.pipeline.models, "preview" if name == "none" else name, self.device, self.dtype)
 
 
 def _host_state_dict(model, kind: str) -> dict:

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .decoders import Decoder, make_decoder
 from .loading import RainModels, load_models
 from .models.embeddings import guidance_scale_embedding
 from .models.image_encoder import encode_image
-from .models.taesdv import TAESDVMemory
-from .models.vae import decode_latents, encode_reference, vae_pixels
+from .models.vae import encode_reference, vae_pixels
 from .sampling.noise import InjectedNoise, SeededNoise
-from .sampling.stream import RainStream, StreamSettings
+from .sampling.state import StreamState
+from .sampling.stream import RainStream, SteadyStep, StreamSettings
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
@@ -153,63 +154,28 @@ class RainPipeline:
     def open_stream(self, reference: Reference, settings: StreamSettings | None = None, *,
                     height: int | None = None, width: int | None = None,
                     noise: Callable | Iterable[torch.Tensor] | None = None,
-                    record_calls: bool = False) -> RainStream:
+                    record_calls: bool = False, state: StreamState | None = None,
+                    steady_step: SteadyStep | None = None) -> "PipelineStream":
         """A live stream for frames of the reference's size (or ``height``×``width``): push pose frames
-        ([3,H,W] in [0,1]) and receive finished frames ([H,W,3] in [0,1], or latents with decoder 'none')."""
+        ([3,H,W] in [0,1]) and receive finished frames ([H,W,3] in [0,1], or latents with decoder 'none').
+
+        ``state`` continues a saved stream (resume); ``steady_step`` runs steady-state calls fused
+        (``rain.accel``)."""
         settings = settings or StreamSettings()
         height = height or reference.height
         width = width or reference.width
         check_size(height, width)
-        reference = self.refit(reference, height, width)
-        models = self.models
-        unet = models.video_unet
-        unet.set_reference(reference.features)
-        unet.set_temporal_strength(settings.temporal_strength)
-        context = reference.context.to(self.device, self.dtype)
-        guidance = guidance_scale_embedding(settings.guidance_scale, dtype=self.dtype, device=self.device)
+        if state is None:
+            if noise is None:
+                noise = SeededNoise(settings.seed)
+            elif not callable(noise):
+                noise = InjectedNoise(noise)
+        return PipelineStream(self, self.refit(reference, height, width), settings, height=height, width=width,
+                              noise=noise, record_calls=record_calls, state=state, steady_step=steady_step)
 
-        @torch.no_grad()
-        def denoise(sample, timesteps, pose_features):
-            # Streams share the UNet: re-attach this stream's reference if another one was used meanwhile.
-            if unet.reference_processors["d00"].reference is not reference.features["d00"]:
-                unet.set_reference(reference.features)
-                unet.set_temporal_strength(settings.temporal_strength)
-            return unet(sample.to(self.dtype), timesteps, context, pose_features, guidance)
-
-        @torch.no_grad()
-        def pose_features(poses):
-            return models.pose_guider(poses.to(self.device, self.dtype))
-
-        decode = self.make_decoder(settings.decoder)
-        if noise is None:
-            noise = SeededNoise(settings.seed)
-        elif not callable(noise):
-            noise = InjectedNoise(noise)
-        return RainStream(pose_features=pose_features, denoise=denoise, decode=decode, noise=noise,
-                          latent_shape=(4, height // 8, width // 8), settings=settings, device=self.device,
-                          dtype=self.dtype, record_calls=record_calls)
-
-    def make_decoder(self, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """A decoder for one stream: latents [G,4,h,w] (UNet space) → frames [G,H,W,3] in [0,1] on the CPU.
-        TAESDV's carries its memory from call to call, so consecutive groups decode as one sequence."""
-        if name == "none":
-            return None
-        if name == "taesdv":
-            if self.models.taesdv is None:
-                raise RuntimeError("TAESDV is not loaded: load it (taesdv.pth) or choose the 'vae' decoder")
-            memory = TAESDVMemory()
-            taesdv = self.models.taesdv
-
-            def decode(latents):
-                frames = taesdv.decode(latents.to(self.device, self.dtype), memory)
-                return frames.clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
-            return decode
-        if self.models.vae is None:
-            raise RuntimeError("the SD VAE is not loaded: load it or choose the 'taesdv' decoder")
-
-        def decode(latents):
-            return decode_latents(self.models.vae, latents).permute(0, 2, 3, 1).float().cpu()
-        return decode
+    def make_decoder(self, name: str) -> Decoder | None:
+        """This pipeline's decoder ``name`` (see ``rain.decoders``): (latents, memory) → (frames, memory)."""
+        return make_decoder(self.models, name, self.device, self.dtype)
 
     def stream(self, poses: Iterable[ImageLike], reference: Reference, settings: StreamSettings | None = None, *,
                noise=None) -> Iterator[torch.Tensor]:
@@ -242,3 +208,48 @@ class RainPipeline:
             if progress is not None:
                 progress(len(frames))
         return torch.stack(frames) if frames else torch.zeros(0, 0, 0, 3)
+
+
+class PipelineStream(RainStream):
+    """A ``RainStream`` bound to a pipeline's models and one reference, which can be swapped mid-stream
+    (``set_reference``: the character changes from the next call on, the window and its motion carry on)."""
+
+    def __init__(self, pipeline: RainPipeline, reference: Reference, settings: StreamSettings, *, height: int,
+                 width: int, noise, record_calls: bool, state: StreamState | None,
+                 steady_step: SteadyStep | None):
+        self.pipeline = pipeline
+        self.reference = reference
+        models = pipeline.models
+        self._unet = models.video_unet
+        self._guider = models.pose_guider
+        self._guidance = guidance_scale_embedding(settings.guidance_scale, dtype=pipeline.dtype,
+                                                  device=pipeline.device)
+        self._context = reference.context.to(pipeline.device, pipeline.dtype)
+        self._attach(settings)
+        super().__init__(pose_features=self._pose_features_of, denoise=self._denoise_window,
+                         decode=pipeline.make_decoder(settings.decoder), noise=noise,
+                         latent_shape=(4, height // 8, width // 8), settings=settings, device=pipeline.device,
+                         dtype=pipeline.dtype, record_calls=record_calls, steady_step=steady_step, state=state)
+
+    def _attach(self, settings: StreamSettings) -> None:
+        self._unet.set_reference(self.reference.features)
+        self._unet.set_temporal_strength(settings.temporal_strength)
+
+    def set_reference(self, reference: Reference) -> None:
+        """Attend to another fused reference from the next UNet call on (fused for this stream's frame size
+        or re-fitted to it)."""
+        height, width = self.latent_shape[1] * 8, self.latent_shape[2] * 8
+        self.reference = self.pipeline.refit(reference, height, width)
+        self._context = self.reference.context.to(self.pipeline.device, self.pipeline.dtype)
+        self._attach(self.settings)
+
+    @torch.no_grad()
+    def _denoise_window(self, sample, timesteps, pose_features):
+        # Streams share the UNet: re-attach this stream's reference if another one was used meanwhile.
+        if self._unet.reference_processors["d00"].reference is not self.reference.features["d00"]:
+            self._attach(self.settings)
+        return self._unet(sample.to(self.dtype), timesteps, self._context, pose_features, self._guidance)
+
+    @torch.no_grad()
+    def _pose_features_of(self, poses):
+        return self._guider(poses.to(self.device, self.dtype))

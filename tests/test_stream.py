@@ -29,8 +29,8 @@ class Tagged:
         return (alpha.sqrt() * sample - target) / (1 - alpha).sqrt()
 
     @staticmethod
-    def decode(latents):
-        return latents[:, 0].mean(dim=(1, 2))
+    def decode(latents, memory):
+        return latents[:, 0].mean(dim=(1, 2)), memory
 
 
 def make_stream(models, **settings):
@@ -90,7 +90,9 @@ def test_state_stays_bounded_on_a_long_stream():
     stream = make_stream(models)
     for i in range(400):
         stream.push(frame(i % 50))
-        assert len(stream._window) <= 4 and len(stream._pending) < 4
+        assert stream.state.groups <= 4 and len(stream.state.pending) < 4
+        if stream.state.groups:
+            assert stream.state.latents.shape[2] == 4 * stream.state.groups
     assert stream.calls == [] and stream.frames_out == 400 - 12
 
 

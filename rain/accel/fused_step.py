@@ -1,12 +1,13 @@
-"""The steady-state stream call as one static-shape module (the official TensorRT path, spec §6.4).
+"""The steady-state stream call as one static-shape module (spec §6.4, in the eager call's order).
 
-Pose guider on the new group → UNet over the full window → LCM step with supplied noise → TAESDV
-decode of the finished group with carried memories → shifted window. All shapes are fixed and all
-state is explicit tensors, which is what graph capture (CUDA graphs, ``torch.compile``) and ONNX
-export need; the plain stream in ``rain.sampling.stream`` stays the readable reference.
+Pose guider on the new group → UNet over the full window (the carried groups plus the new noise group) →
+per-frame LCM step with supplied noise → TAESDV decode of the group that came out clean, with carried
+memories → the window without that group. All shapes are fixed and all state is explicit tensors, which is what
+graph capture (CUDA graphs, ``torch.compile``) and ONNX export need; the plain stream in
+``rain.sampling.stream`` stays the readable reference, and this module computes exactly what its steady call
+does, with the same random draws in the same order (the official TensorRT graph appends next call's noise at
+the end of this one instead; golden case j checks the two agree once that shift is accounted for).
 """
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,14 +18,6 @@ from ..models.taesdv import TAESDV, MemBlock, TAESDVMemory
 from ..models.video_unet import VideoUNet
 from ..sampling.lcm import PerFrameLCM
 from ..sampling.stream import group_timesteps
-
-
-@dataclass
-class FusedState:
-    """What one call hands to the next: the window, the older frames' pose features, TAESDV memories."""
-    sample: torch.Tensor          # [1, 4, K·G, h, w]
-    pose_features: torch.Tensor   # [1, C0, (K-1)·G, h, w]
-    memories: list[torch.Tensor]  # 10 × [1, 64, ...]
 
 
 def zero_memories(taesdv: TAESDV, height: int, width: int, device, dtype) -> list[torch.Tensor]:
@@ -41,8 +34,13 @@ def zero_memories(taesdv: TAESDV, height: int, width: int, device, dtype) -> lis
 
 
 class FusedStreamStep(nn.Module):
-    def __init__(self, unet: VideoUNet, pose_guider: PoseGuider, taesdv: TAESDV, *, guidance_scale: float = 2.5,
-                 frames_per_group: int = 4, num_groups: int = 4):
+    """forward(latents [1,4,(K-1)G,h,w], pose_features [1,C0,(K-1)G,h,w], poses [1,3,G,H,W] in [0,1],
+    new_latents [1,4,G,h,w], step_noise [1,4,KG,h,w], *memories) →
+    (frames [G,3,H,W] in [0,1] — or the clean latents [G,4,h,w] without TAESDV —, next latents, next pose
+    features, *next memories). The reference is whatever is attached to the UNet (``set_reference``)."""
+
+    def __init__(self, unet: VideoUNet, pose_guider: PoseGuider, taesdv: TAESDV | None, context: torch.Tensor, *,
+                 guidance_scale: float = 2.5, frames_per_group: int = 4, num_groups: int = 4):
         super().__init__()
         self.unet, self.pose_guider, self.taesdv = unet, pose_guider, taesdv
         self.frames_per_group = frames_per_group
@@ -52,20 +50,41 @@ class FusedStreamStep(nn.Module):
                              persistent=False)
         dtype = unet.conv_in.weight.dtype
         self.register_buffer("guidance", guidance_scale_embedding(guidance_scale, dtype=dtype), persistent=False)
+        self.register_buffer("context", context.to(dtype), persistent=False)
 
     @torch.no_grad()
-    def forward(self, state: FusedState, pose: torch.Tensor, context: torch.Tensor, add_noise: torch.Tensor,
-                new_noise: torch.Tensor) -> tuple[torch.Tensor, FusedState]:
-        """pose [1,3,G,H,W] in [0,1] → (frames [G,3,H,W] in [0,1], next state)."""
+    def forward(self, latents: torch.Tensor, pose_features: torch.Tensor, poses: torch.Tensor,
+                new_latents: torch.Tensor, step_noise: torch.Tensor, *memories: torch.Tensor):
         group = self.frames_per_group
-        new_features = self.pose_guider(pose)
-        pose_all = torch.cat([state.pose_features, new_features], dim=2)
-        v = self.unet(state.sample, self.timesteps, context, pose_all, self.guidance)
-        result, _ = self.scheduler.step(v, self.timesteps, state.sample, add_noise)
-        result = result.to(state.sample.dtype)
+        sample = torch.cat([latents, new_latents.to(latents.dtype)], dim=2)
+        pose_all = torch.cat([pose_features, self.pose_guider(poses)], dim=2)
+        v = self.unet(sample, self.timesteps, self.context, pose_all, self.guidance)
+        result, _ = self.scheduler.step(v, self.timesteps, sample, step_noise)
+        result = result.to(sample.dtype)
+        clean = result[0, :, :group].transpose(0, 1)
+        next_window = (result[:, :, group:], pose_all[:, :, group:])
+        if self.taesdv is None:
+            return (clean, *next_window)
         memory = TAESDVMemory()
-        memory.inputs = state.memories
-        frames = self.taesdv.decode(result[0, :, :group].transpose(0, 1), memory).clamp(0, 1)
-        next_state = FusedState(torch.cat([result[:, :, group:], new_noise.to(result.dtype)], dim=2),
-                                pose_all[:, :, group:], memory.inputs)
-        return frames, next_state
+        memory.inputs = list(memories)
+        frames = self.taesdv.decode(clean, memory).clamp(0, 1)
+        return (frames, *next_window, *memory.inputs)
+
+
+class EagerSteadyStep:
+    """A ``FusedStreamStep`` run as is (PyTorch eager), adapted to the stream's ``SteadyStep`` protocol."""
+
+    def __init__(self, step: FusedStreamStep, height: int, width: int):
+        self.step = step
+        self.decodes = step.taesdv is not None
+        self.height, self.width = height, width
+
+    def __call__(self, latents, pose_features, poses, new_latents, step_noise, memory):
+        if self.decodes and memory is None:
+            weight = self.step.unet.conv_in.weight
+            memory = zero_memories(self.step.taesdv, self.height, self.width, weight.device, weight.dtype)
+        outputs = self.step(latents, pose_features, poses, new_latents, step_noise, *(memory or []))
+        out, next_latents, next_pose_features = outputs[:3]
+        if self.decodes:
+            return out.permute(0, 2, 3, 1).float().cpu(), next_latents, next_pose_features, list(outputs[3:])
+        return out, next_latents, next_pose_features, memory
