@@ -12,7 +12,7 @@ import huggingface_hub
 import pytest
 
 from rain import weights
-from rain.weights import DownloadError, RemoteFile
+from rain.weights import DownloadError, RemoteFile, catalogue, fetch
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +21,7 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args} {kwargs}")
 
-    monkeypatch.setattr(weights, "_open_url", refuse)
+    monkeypatch.setattr(fetch, "_open_url", refuse)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refuse)
 
@@ -99,7 +99,7 @@ def test_download_subfolder_and_folder_layouts(tmp_path, monkeypatch):
     FakeHub(monkeypatch, {(vae, "config.json"): b"{}", (vae, "diffusion_pytorch_model.safetensors"): b"v" * 9,
                           (lambdalabs, "image_encoder/config.json"): b"{}",
                           (lambdalabs, "image_encoder/pytorch_model.bin"): b"c" * 7})
-    monkeypatch.setattr(weights, "_static_entries", _with_image_encoder_size(None))
+    monkeypatch.setattr(catalogue, "_static_entries", _with_image_encoder_size(None))
     result = weights.download(tmp_path, ["vae", "image_encoder"], progress=False)
     assert result == {"vae": tmp_path / "sd-vae-ft-mse", "image_encoder": tmp_path / "image_encoder"}
     assert (tmp_path / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors").read_bytes() == b"v" * 9
@@ -107,7 +107,7 @@ def test_download_subfolder_and_folder_layouts(tmp_path, monkeypatch):
 
 
 def _with_image_encoder_size(size):
-    original = weights._static_entries
+    original = catalogue._static_entries
 
     def entries():
         catalogue = original()
@@ -162,7 +162,7 @@ class FakeServer:
     def __init__(self, monkeypatch, content: bytes, *, honour_range=True, fail_after=None):
         self.content, self.honour_range, self.fail_after = content, honour_range, fail_after
         self.requests = []
-        monkeypatch.setattr(weights, "_open_url", self.open)
+        monkeypatch.setattr(fetch, "_open_url", self.open)
 
     def open(self, request, timeout):
         range_header = request.get_header("Range")
