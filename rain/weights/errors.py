@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 
 
 class WeightsError(RuntimeError):
@@ -26,6 +27,13 @@ def download_command(models_dir: str | os.PathLike[str]) -> str:
 def convert_command(path: str | os.PathLike[str]) -> str:
     """The shell command that converts a pickle checkpoint to safetensors."""
     return f"python -m rain convert {shlex.quote(str(path))}"
+
+
+def redownload_hint(source: str | os.PathLike[str]) -> str:
+    """The closing line of a message about a checkpoint that does not fit."""
+    path = Path(source)
+    folder = path.parent if path.suffix else path
+    return f"If the file is damaged or the wrong one, download it again with: {download_command(folder)}"
 
 
 # How many offending keys an error message lists per kind; the rest are counted.

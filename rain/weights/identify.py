@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import WeightsError, download_command, preview_keys
+from .errors import WeightsError, preview_keys, redownload_hint
 from .safe_load import load_state_dict
 
 MANIFEST_DIR = Path(__file__).resolve().parent.parent / "manifests"
@@ -134,7 +134,36 @@ def check_manifest(state_dict: Mapping[str, torch.Tensor], manifest_name: str, *
     mismatch = compare_keys(state_dict, manifest_shapes(manifest_name), check_shapes=check_shapes)
     if mismatch:
         raise WeightsError(_mismatch_message(mismatch, state_dict, source=source,
-                                             model_name=manifest_name))
+                                             model_name=manifest_name, against="the released file"))
+
+
+def check_ranks(state_dict: Mapping[str, torch.Tensor], manifest_name: str, *,
+                source: str | os.PathLike[str]) -> None:
+    """Raise ``WeightsError`` if a key the manifest knows has another number of dimensions.
+
+    Reduced-size files keep every tensor's rank, so this holds for every size; it runs before
+    any code reads widths off the shapes.
+    """
+    expected = manifest_shapes(manifest_name)
+    wrong = [(key, tuple(tensor.shape), expected[key]) for key, tensor in state_dict.items()
+             if key in expected and tensor.dim() != len(expected[key])]
+    if wrong:
+        raise WeightsError(_mismatch_message(KeyMismatch([], [], wrong), state_dict, source=source,
+                                             model_name=manifest_name, against="the released file",
+                                             what="a different number of dimensions"))
+
+
+def check_fits(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+               source: str | os.PathLike[str], model_name: str) -> None:
+    """Raise ``WeightsError`` unless ``state_dict`` has exactly ``module``'s keys and shapes.
+
+    Nothing is loaded, so ``module`` may live on the meta device.
+    """
+    expected = {key: tuple(t.shape) for key, t in module.state_dict().items()}
+    mismatch = compare_keys(state_dict, expected)
+    if mismatch:
+        raise WeightsError(_mismatch_message(mismatch, state_dict, source=source,
+                                             model_name=model_name))
 
 
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
@@ -146,11 +175,7 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     device is materialised from the state dict (``assign=True``), with floating tensors
     cast to the dtype the module was built with.
     """
-    expected = {key: tuple(t.shape) for key, t in module.state_dict().items()}
-    mismatch = compare_keys(state_dict, expected)
-    if mismatch:
-        raise WeightsError(_mismatch_message(mismatch, state_dict, source=source,
-                                             model_name=model_name))
+    check_fits(module, state_dict, source=source, model_name=model_name)
     targets = module.state_dict()
     if any(t.is_meta for t in targets.values()):
         cast = {k: v.to(targets[k].dtype) if v.is_floating_point() and targets[k].is_floating_point()
@@ -166,8 +191,9 @@ def load_into(module: torch.nn.Module, path: str | os.PathLike[str], *, model_na
 
 
 def _mismatch_message(mismatch: KeyMismatch, state_dict: Mapping[str, Any], *,
-                      source: str | os.PathLike[str], model_name: str) -> str:
-    lines = [f"Weights file {source} does not fit the {model_name} model:"]
+                      source: str | os.PathLike[str], model_name: str, against: str = "the model",
+                      what: str = "the wrong shape") -> str:
+    lines = [f"Weights file {source} does not fit the {model_name} model (compared with {against}):"]
     if mismatch.missing:
         lines.append(f"  {len(mismatch.missing)} missing keys (the model needs them, the file "
                      f"lacks them): {preview_keys(mismatch.missing)}")
@@ -175,14 +201,12 @@ def _mismatch_message(mismatch: KeyMismatch, state_dict: Mapping[str, Any], *,
         lines.append(f"  {len(mismatch.unexpected)} unexpected keys (in the file, not in the "
                      f"model): {preview_keys(mismatch.unexpected)}")
     if mismatch.wrong_shape:
-        shown = [f"{key} file {list(got)} vs model {list(want)}"
+        shown = [f"{key} (expected {list(want)}, found {list(got)})"
                  for key, got, want in mismatch.wrong_shape]
-        lines.append(f"  {len(shown)} keys with the wrong shape: {preview_keys(shown)}")
+        lines.append(f"  {len(shown)} keys with {what}: {preview_keys(shown)}")
     looks_like = identify_checkpoint(state_dict)
     if looks_like and looks_like != model_name:
         lines.append(f"This file looks like a {looks_like} checkpoint, not {model_name} — "
                      f"check which file was put where.")
-    source_path = Path(source)
-    lines.append(f"If the file is damaged or the wrong one, download it again with: "
-                 f"{download_command(source_path.parent if source_path.suffix else source_path)}")
+    lines.append(redownload_hint(source))
     return "\n".join(lines)

@@ -2,11 +2,13 @@
 
 ``.safetensors`` files are read with safetensors, pickle checkpoints only with
 ``torch.load(weights_only=True)``. Corrupt, truncated and impostor files (Git LFS pointers,
-HTML error pages, empty files) are explained in plain words.
+HTML error pages, empty files) are explained in plain words. Training wrappers' key
+prefixes (DataParallel's ``module.``) are removed with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -15,12 +17,17 @@ from typing import Any
 
 import torch
 
-from .errors import MissingWeightsError, WeightsError, download_command, preview_keys
+from .errors import MissingWeightsError, WeightsError, convert_command, download_command, preview_keys
+
+logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 # Lookup order for single-file checkpoints: safetensors first (safe and memory-mapped).
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+# Prefixes a training wrapper puts before every key of the model it wraps, and who puts them there.
+WRAPPER_PREFIXES = (("module.", "DataParallel / DistributedDataParallel"), ("_orig_mod.", "torch.compile"))
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -28,11 +35,13 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     ``.safetensors`` files are read with safetensors; ``.pth/.pt/.bin/.ckpt`` files only
     with ``torch.load(weights_only=True)``, so no arbitrary object is ever unpickled.
-    A top-level ``{"state_dict": {...}}`` container is unwrapped. Tensors keep the dtype
+    A top-level ``{"state_dict": {...}}`` container is unwrapped, and a prefix that a training
+    wrapper put before every key (``module.``) is removed with a warning. Tensors keep the dtype
     they were stored in (``nn.Module.load_state_dict`` casts floats on copy).
 
     Raises ``MissingWeightsError`` if the file does not exist and ``WeightsError`` if it is
-    unreadable, truncated, not a checkpoint, or a pickle that ``weights_only`` refuses.
+    unreadable, truncated, not a checkpoint, holds no tensors, or is a pickle that
+    ``weights_only`` refuses.
     """
     path = Path(path)
     if not path.is_file():
@@ -117,4 +126,25 @@ def _as_flat_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(
             f"{path} is not a plain state dict: {len(not_tensors)} entries are not tensors "
             f"({preview_keys(not_tensors)}).")
-    return {str(k): v for k, v in obj.items()}
+    if not obj:
+        raise WeightsError(
+            f"{path} holds no tensors: it is a readable checkpoint file with an empty state dict, "
+            f"so it cannot be a model's weights (an export or conversion that saved nothing?).\n"
+            f"Delete it and download the real file with: {download_command(path.parent)}")
+    return _without_wrapper_prefixes({str(k): v for k, v in obj.items()}, path)
+
+
+def _without_wrapper_prefixes(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Remove a prefix that every key carries because the model was saved inside a training wrapper."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix, wrapper in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) and len(key) > len(prefix) for key in state_dict):
+                state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
+                fix = (f"; to store a copy without it: {convert_command(path)}"
+                       if path.suffix.lower() in PICKLE_SUFFIXES else "")
+                logger.warning("%s: every key starts with '%s' (the model was saved inside %s); loaded "
+                               "with the prefix removed, nothing to do%s", path, prefix, wrapper, fix)
+                stripped = True
+    return state_dict
