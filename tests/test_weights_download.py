@@ -3,6 +3,9 @@
 import email.message
 import hashlib
 import io
+import logging
+import os
+import socket
 import sys
 import types
 import urllib.error
@@ -22,6 +25,7 @@ def no_network(monkeypatch):
         raise AssertionError(f"network access attempted: {args} {kwargs}")
 
     monkeypatch.setattr(fetch, "_open_url", refuse)
+    monkeypatch.setattr(fetch, "_resolve", lambda host: None)  # names resolve; connections are refused above
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refuse)
 
@@ -134,6 +138,100 @@ def test_hub_failure_is_wrapped(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
     with pytest.raises(DownloadError, match="(?s)connection reset.*resume"):
         weights.download(tmp_path, ["pose_guider"], progress=False)
+
+
+# ---- no network: one message at once; retries: one line each ----------------------------------------------
+
+def no_dns(monkeypatch):
+    """Host names do not resolve and no proxy is configured (as on a machine without network)."""
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    asked = []
+
+    def resolve(host):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(fetch, "_resolve", resolve)
+    return asked
+
+
+def test_unresolvable_hub_fails_at_once_with_one_message(tmp_path, monkeypatch):
+    asked = no_dns(monkeypatch)  # the Hub calls still refuse: reaching them would fail the test
+    with pytest.raises(DownloadError) as err:
+        weights.download(tmp_path, ["rain"], progress=False)
+    assert asked == ["huggingface.co"]
+    message = str(err.value)
+    assert message.startswith("Cannot download reference_unet.pth: the server name huggingface.co does not "
+                              "resolve (Name or service not known)")
+    assert f"python -m rain download --models-dir {tmp_path}" in message and "HTTPS_PROXY" in message
+
+
+def test_unresolvable_hub_keeps_present_files(tmp_path, monkeypatch):
+    no_dns(monkeypatch)
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", offline)
+    (tmp_path / "pose_guider.pth").write_bytes(b"p" * 40)
+    assert weights.download(tmp_path, ["pose_guider"], progress=False) == {
+        "pose_guider": tmp_path / "pose_guider.pth"}
+
+
+def test_behind_a_proxy_names_are_not_resolved_here(tmp_path, monkeypatch):
+    asked = no_dns(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    FakeHub(monkeypatch, rain_files())
+    weights.download(tmp_path, ["pose_guider"], progress=False)
+    assert asked == [] and (tmp_path / "pose_guider.pth").read_bytes() == b"p" * 40
+
+
+def test_unresolvable_url_host_says_no_network(tmp_path, monkeypatch):
+    def open_url(request, timeout):
+        raise urllib.error.URLError(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
+    monkeypatch.setattr(fetch, "_open_url", open_url)
+    with pytest.raises(DownloadError, match="the server name example.invalid does not resolve "
+                                            r"\(Temporary failure in name resolution\)"):
+        weights.http_download("https://example.invalid/taesdv.pth", tmp_path / "taesdv.pth", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+class RecordingHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_each_hub_retry_is_one_line(tmp_path, monkeypatch, caplog):
+    """huggingface_hub logs two warnings per retry, through its own handler and the root logger's."""
+    hub = FakeHub(monkeypatch, rain_files())
+    http_logger = logging.getLogger("huggingface_hub.utils._http")
+    url = "https://huggingface.co/Pscgylotti/RAIN-v0.1/resolve/main/pose_guider.pth"
+
+    def flaky_download(*args, **kwargs):
+        for attempt, wait in ((1, 1), (2, 2)):
+            http_logger.warning(f"'[Errno 104] Connection reset by peer' thrown while requesting GET {url}")
+            http_logger.warning(f"Retrying in {wait}s [Retry {attempt}/5].")
+        return FakeHub.hf_hub_download(hub, *args, **kwargs)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", flaky_download)
+    library_handler = RecordingHandler()  # stands for the handler huggingface_hub installs for itself
+    hub_logger = logging.getLogger("huggingface_hub")
+    hub_logger.addHandler(library_handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            weights.download(tmp_path, ["pose_guider"], progress=False)
+    finally:
+        hub_logger.removeHandler(library_handler)
+    assert library_handler.records == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "pose_guider.pth from huggingface.co/Pscgylotti/RAIN-v0.1: [Errno 104] Connection reset by peer; "
+        "Retrying in 1s [Retry 1/5]",
+        "pose_guider.pth from huggingface.co/Pscgylotti/RAIN-v0.1: [Errno 104] Connection reset by peer; "
+        "Retrying in 2s [Retry 2/5]"]
+    assert hub_logger.propagate and library_handler not in hub_logger.handlers  # restored afterwards
 
 
 def test_unknown_group_is_an_error(tmp_path):

@@ -1,16 +1,20 @@
 """Fetching missing model files: Hugging Face Hub downloads and resumable HTTP downloads.
 
 Every file's size is checked against the server's afterwards; files taken from a git
-repository are also checked by content (git blob id).
+repository are also checked by content (git blob id). A host whose name does not resolve
+fails at once with one message (no retry loop), and the Hub's retries show as one line each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
@@ -101,7 +105,7 @@ def _hub_file_size(remote: RemoteFile) -> int | None:
 
 
 def _fetch_from_hub(remote: RemoteFile, models_dir: Path, *, progress: bool, force: bool) -> Path:
-    import huggingface_hub
+    from huggingface_hub import constants
 
     dest = models_dir / remote.dest
     # hf_hub_download puts repo_path below local_dir, so local_dir is dest minus that suffix;
@@ -113,6 +117,16 @@ def _fetch_from_hub(remote: RemoteFile, models_dir: Path, *, progress: bool, for
     if dest.is_file() and not force and remote.size is not None and dest.stat().st_size == remote.size:
         logger.info("%s: already present (%s bytes)", remote.dest, f"{remote.size:,}")
         return dest
+    if force or not dest.is_file():  # a present file is kept when the Hub cannot be asked about it
+        _require_resolvable(constants.ENDPOINT, remote.repo_path, models_dir)
+    with _one_line_per_retry(f"{remote.repo_path} from {remote.origin}"):
+        return _hub_download(remote, models_dir, dest, local_dir, progress=progress, force=force)
+
+
+def _hub_download(remote: RemoteFile, models_dir: Path, dest: Path, local_dir: Path, *,
+                            progress: bool, force: bool) -> Path:
+    import huggingface_hub
+
     expected = _hub_file_size(remote)
     if dest.is_file() and not force:
         if expected is None:
@@ -148,6 +162,71 @@ def _fetch_from_hub(remote: RemoteFile, models_dir: Path, *, progress: bool, for
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)
     return dest
+
+
+class _RetryRelay(logging.Handler):
+    """Turns huggingface_hub's two warnings per retry ("'<error>' thrown while requesting ..." then
+    "Retrying in Ns [Retry i/n].") into one line of ours; its other messages pass through once."""
+
+    def __init__(self, what: str):
+        super().__init__(logging.WARNING)
+        self.what, self.problem = what, None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if " thrown while requesting " in text:
+            self.problem = text.split(" thrown while requesting ")[0].strip("'")
+        elif text.startswith(("Retrying in", "Rate limited")):
+            logger.warning("%s: %s; %s", self.what, self.problem or "request failed", text.rstrip("."))
+            self.problem = None
+        else:
+            logger.log(record.levelno, "%s", text)
+
+
+@contextlib.contextmanager
+def _one_line_per_retry(what: str):
+    """Route huggingface_hub's log through ``_RetryRelay`` for the duration of one file.
+
+    The library logs through its own handler and the root logger's, so every line would appear twice."""
+    import huggingface_hub.file_download  # noqa: F401  (importing it installs the library's handler: swap after)
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    saved = hub_logger.handlers[:], hub_logger.propagate
+    hub_logger.handlers[:] = [_RetryRelay(what)]
+    hub_logger.propagate = False
+    try:
+        yield
+    finally:
+        hub_logger.handlers[:], hub_logger.propagate = saved
+
+
+def _resolve(host: str) -> None:
+    """Indirection so tests can replace the network: raises ``socket.gaierror`` if ``host`` has no address."""
+    socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+
+
+def _require_resolvable(url: str, what: str, models_dir: Path) -> None:
+    """Fail at once, with one message, when the server's name does not resolve (no network, no DNS).
+
+    Skipped behind a proxy: then the proxy resolves names, and this machine may not be able to."""
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return
+    proxies = urllib.request.getproxies()
+    if ("https" in proxies or "all" in proxies) and not urllib.request.proxy_bypass(host):
+        return
+    try:
+        _resolve(host)
+    except socket.gaierror as exc:
+        raise _unresolvable_error(host, what, models_dir, exc) from None
+
+
+def _unresolvable_error(host: str, what: str, models_dir: Path, exc: socket.gaierror) -> DownloadError:
+    return DownloadError(
+        f"Cannot download {what}: the server name {host} does not resolve ({exc.strerror or exc}), so this "
+        f"machine has no network connection or no working DNS.\nConnect to the network (behind a proxy, set "
+        f"HTTPS_PROXY) and run again: {download_command(models_dir)}\nor copy the model files into {models_dir} "
+        f"by hand (the README lists them).")
 
 
 def git_blob_sha1(path: str | os.PathLike[str]) -> str:
@@ -223,6 +302,9 @@ def http_download(url: str, dest: str | os.PathLike[str], *, expected_size: int 
                                  timeout=timeout)
         raise DownloadError(f"Downloading {url} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
+        if isinstance(getattr(exc, "reason", None), socket.gaierror):
+            raise _unresolvable_error(urllib.parse.urlsplit(url).hostname, dest.name, dest.parent,
+                                      exc.reason) from None
         raise DownloadError(f"Downloading {url} failed: {exc}. Check the network connection and "
                             f"run again; the download will resume.") from exc
     with response:
