@@ -207,3 +207,14 @@ def test_cli_convert_reports_and_writes_nothing(tiny_unet, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: Weights file {src} does not fit the motion_unet model") and WIDTH_KEY in err
     assert files_in(tmp_path) == ["motion_unet.pth"]
+
+
+def test_cli_convert_goes_on_past_a_bad_file(tiny_unet, tmp_path, capsys):
+    bad, good = tmp_path / "motion_unet.pth", tmp_path / "pose_guider.pth"
+    torch.save({**tiny_unet, WIDTH_KEY: torch.zeros(60, 32, 3, 3)}, bad)
+    torch.save(tiny_pose_guider(), good)
+    assert main(["convert", str(bad), str(good)]) == 2
+    captured = capsys.readouterr()
+    assert f"{good} → {tmp_path / 'pose_guider.safetensors'}" in captured.out
+    assert WIDTH_KEY in captured.err and "1 of 2 files were not converted" in captured.err
+    assert files_in(tmp_path) == ["motion_unet.pth", "pose_guider.pth", "pose_guider.safetensors"]
