@@ -29,8 +29,8 @@ __all__ = [
     "MAX_KEYS_SHOWN", "MODEL_FILES", "PICKLE_SUFFIXES", "RAIN_REPO", "SAFETENSORS_SUFFIXES", "TAESDV_COMMIT",
     "TAESDV_URL", "VAE_REPO", "WEIGHT_SUFFIXES", "WRAPPER_PREFIXES",
     "DownloadError", "KeyMismatch", "MissingWeightsError", "ModelEntry", "RemoteFile", "WeightsError",
-    "check_fits", "check_manifest", "check_ranks", "compare_keys", "convert_command", "convert_to_safetensors", "default_destination", "download", "download_command",
-    "fetch_file", "find_weight", "git_blob_sha1", "http_download", "identify_checkpoint", "load_into",
-    "load_manifest", "load_state_dict", "load_strict", "manifest_shapes", "missing_weights_message",
-    "redownload_hint", "require_weights",
+    "check_fits", "check_manifest", "check_ranks", "compare_keys", "convert_command", "convert_to_safetensors",
+    "default_destination", "download", "download_command", "fetch_file", "find_weight", "git_blob_sha1",
+    "http_download", "identify_checkpoint", "load_into", "load_manifest", "load_state_dict", "load_strict",
+    "manifest_shapes", "missing_weights_message", "redownload_hint", "require_weights",
 ]
