@@ -62,8 +62,9 @@ def _on_meta(plan: _Plan, *, source, dtype: torch.dtype = torch.float32) -> torc
         with torch.device("meta"):
             module = plan.build()
     except Exception as error:  # a library's own size check, on sizes that came from the file
-        raise weights.WeightsError(f"Weights file {source}: the sizes read from it do not make a {plan.model_name} "
-                                   f"model ({error}).\n{weights.redownload_hint(source)}") from error
+        raise weights.WeightsError(f"Weights file {source}: a {plan.model_name} model cannot be built with the "
+                                   f"sizes read from it or its config ({error}).\n"
+                                   f"{weights.redownload_hint(source)}") from error
     # nn.Module.to, not diffusers' ModelMixin.to, which warns about fp32-pinned modules these models lack.
     module = torch.nn.Module.to(module, dtype)
     weights.check_fits(module, plan.state_dict, source=source, model_name=plan.model_name)

@@ -218,3 +218,16 @@ def test_cli_convert_goes_on_past_a_bad_file(tiny_unet, tmp_path, capsys):
     assert f"{good} → {tmp_path / 'pose_guider.safetensors'}" in captured.out
     assert WIDTH_KEY in captured.err and "1 of 2 files were not converted" in captured.err
     assert files_in(tmp_path) == ["motion_unet.pth", "pose_guider.pth", "pose_guider.safetensors"]
+
+
+def test_sizes_a_library_refuses_are_reported_with_the_file(tiny_models_dir):
+    import json
+    folder = tiny_models_dir / "sd-vae-ft-mse"
+    config = json.loads((folder / "config.json").read_text())
+    config["block_out_channels"] = [20] + config["block_out_channels"][1:]  # not a multiple of its norm groups
+    source = folder / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(weights.WeightsError) as error:
+        loading.vae_from_state_dict(weights.load_state_dict(source), config, source=source)
+    message = str(error.value)
+    assert message.startswith(f"Weights file {source}: a vae model cannot be built with the sizes read from it or "
+                              f"its config (") and "num_groups" in message
