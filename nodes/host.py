@@ -15,7 +15,7 @@ import importlib
 import logging
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, Iterable
 
 import torch
@@ -111,14 +111,59 @@ def list_model_files() -> list[str]:
     for root in model_roots():
         if not root.is_dir():
             continue
+        inside = root.resolve()
         for path in root.rglob("*"):
-            if path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS and ".git" not in path.parts:
+            if (path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS and ".git" not in path.parts
+                    and path.resolve().is_relative_to(inside)):
                 found.add(path.relative_to(root).as_posix())
     return sorted(found)
 
 
+class ModelNameError(ValueError):
+    """A model name (from a workflow or a widget) that would reach outside the models folders."""
+
+
+def check_model_name(name: str) -> PurePosixPath:
+    """``name`` as a relative path, or ``ModelNameError``: absolute paths, ``..`` and NUL are refused.
+
+    Names come from workflows, which anyone can share: like ComfyUI's folder_paths, a name may only point
+    inside a models folder."""
+    problem = None
+    if "\0" in name:
+        problem = "contains a NUL character"
+    elif not name.strip():
+        problem = "is empty"
+    else:
+        posix = PurePosixPath(name.replace("\\", "/"))
+        if posix.is_absolute() or PureWindowsPath(name).drive:
+            problem = "is an absolute path"
+        elif ".." in posix.parts:
+            problem = "contains a '..' component"
+    if problem:
+        raise ModelNameError(f"Model name {name!r} {problem}; RAIN model names are paths relative to a "
+                             f"{MODEL_FOLDER} models folder ({', '.join(str(r) for r in model_roots())}). "
+                             f"Pick the file from the list, or put it in that folder.")
+    return posix
+
+
+def _inside(root: Path, relative: PurePosixPath) -> Path | None:
+    """``root / relative`` if it is a file that resolves inside ``root``; a link leaving it is refused."""
+    candidate = root / relative
+    if not candidate.is_file():
+        return None
+    target = candidate.resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise ModelNameError(f"{candidate} is a link to {target}, outside the models folder {root}; RAIN only "
+                             f"loads files inside its models folders. Move or copy the file into {root}, or add "
+                             f"its folder to {MODELS_DIR_ENV}.")
+    return candidate
+
+
 def model_file_path(relative: str) -> Path | None:
-    """Absolute path of a dropdown entry, or None when it is in none of the folders."""
+    """Absolute path of a dropdown entry, or None when it is in none of the folders.
+
+    Without ComfyUI the name is confined to the folders here (``ModelNameError`` otherwise); ComfyUI's
+    ``get_full_path`` confines it itself."""
     folder_paths = _module("folder_paths")
     if folder_paths is not None:
         try:
@@ -126,10 +171,11 @@ def model_file_path(relative: str) -> Path | None:
         except KeyError:
             full = None
         return Path(full) if full else None
+    name = check_model_name(relative)
     for root in model_roots():
-        candidate = root / relative
-        if candidate.is_file():
-            return candidate
+        found = _inside(root, name)
+        if found is not None:
+            return found
     return None
 
 

@@ -106,10 +106,19 @@ def run_convert(args) -> int:
     import torch
 
     from . import weights
-    for path in args.paths:
-        out = weights.convert_to_safetensors(path, dtype=torch.float16 if args.fp16 else None, overwrite=args.overwrite)
+    failed = 0
+    for path in args.paths:  # one bad file does not stop the others
+        try:
+            out = weights.convert_to_safetensors(path, dtype=torch.float16 if args.fp16 else None,
+                                                 overwrite=args.overwrite)
+        except weights.WeightsError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+            continue
         print(f"{path} → {out}")
-    return 0
+    if failed and len(args.paths) > 1:
+        print(f"{failed} of {len(args.paths)} files were not converted (see above)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _driving_frames(args, size):

@@ -6,7 +6,9 @@ released 1.3 B-parameter denoiser costs no random initialisation. Widths are rea
 so the reduced-size test models and the released ones load through the same code.
 """
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,18 +47,38 @@ def _floats_to(state_dict: dict, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
-def _fill(build, state_dict: dict, *, source, model_name: str, dtype: torch.dtype,
-          device: torch.device | str, repair=None) -> torch.nn.Module:
-    with torch.device("meta"):
-        module = build()
+@dataclass
+class _Plan:
+    """What a checkpoint becomes: the model to build (its sizes already checked) and the tensors that fill it."""
+    model_name: str
+    build: Callable[[], torch.nn.Module]
+    state_dict: dict
+    repair: Callable[[torch.nn.Module], None] | None = None
+
+
+def _on_meta(plan: _Plan, *, source, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The model built without memory, after checking that the file's keys and shapes fit it exactly."""
+    try:
+        with torch.device("meta"):
+            module = plan.build()
+    except Exception as error:  # a library's own size check, on sizes that came from the file
+        raise weights.WeightsError(f"Weights file {source}: a {plan.model_name} model cannot be built with the "
+                                   f"sizes read from it or its config ({error}).\n"
+                                   f"{weights.redownload_hint(source)}") from error
     # nn.Module.to, not diffusers' ModelMixin.to, which warns about fp32-pinned modules these models lack.
     module = torch.nn.Module.to(module, dtype)
-    weights.load_strict(module, _floats_to(state_dict, dtype), source=source, model_name=model_name)
-    if repair is not None:
-        repair(module)
+    weights.check_fits(module, plan.state_dict, source=source, model_name=plan.model_name)
+    return module
+
+
+def _fill(plan: _Plan, *, source, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
+    module = _on_meta(plan, source=source, dtype=dtype)
+    weights.load_strict(module, _floats_to(plan.state_dict, dtype), source=source, model_name=plan.model_name)
+    if plan.repair is not None:
+        plan.repair(module)
     leftovers = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
     if leftovers:
-        raise weights.WeightsError(f"{source}: {model_name} has tensors the checkpoint does not provide: "
+        raise weights.WeightsError(f"{source}: {plan.model_name} has tensors the checkpoint does not provide: "
                                    f"{leftovers[:5]}")
     return torch.nn.Module.to(module, device).eval().requires_grad_(False)
 
@@ -68,46 +90,92 @@ def _check_kind(state_dict: dict, *, source, expected: str) -> None:
                                    f"checkpoint. Check which file is where in the models folder.")
 
 
-def _sized_from_state_dict(state_dict, *, source, model_name: str, description: str, read_config, build,
-                           dtype, device):
-    """A RAIN model whose widths are read off its checkpoint (reduced test files and released ones alike)."""
+@functools.cache
+def _released_config(model_name: str, read_config):
+    """The sizes ``read_config`` reads off the released file (its manifest, as shapes without data)."""
+    shapes = weights.manifest_shapes(model_name)
+    return read_config({key: torch.empty(shape, device="meta") for key, shape in shapes.items()})
+
+
+def _plan_sized(state_dict, *, source, model_name: str, description: str, read_config, build) -> _Plan:
+    """A RAIN model whose widths are read off its checkpoint (reduced test files and released ones alike).
+
+    Shapes are checked before anything is built: ranks against the manifest (every size keeps them), the
+    widths by the reader, and a file in the released sizes against the manifest key by key. What remains
+    (each key consistent with the widths read) is checked against the model built on the meta device.
+    """
     _check_kind(state_dict, source=source, expected=model_name)
+    weights.check_ranks(state_dict, model_name, source=source)
     try:
         config = read_config(state_dict)
     except KeyError as error:
         raise weights.WeightsError(f"{source}: not a RAIN {description} checkpoint (no {error} key)") from None
-    return _fill(lambda: build(config), state_dict, source=source, model_name=model_name, dtype=dtype, device=device)
+    except ValueError as error:
+        released = weights.compare_keys(state_dict, weights.manifest_shapes(model_name))
+        if len(released.wrong_shape) <= len(state_dict) // 10:  # the released file but for a few tensors
+            weights.check_manifest(state_dict, model_name, source=source)
+        raise weights.WeightsError(f"Weights file {source} does not fit the {model_name} model: {error}.\n"
+                                   f"{weights.redownload_hint(source)}") from None
+    if config == _released_config(model_name, read_config):
+        weights.check_manifest(state_dict, model_name, source=source)
+    return _Plan(model_name, lambda: build(config), state_dict)
 
 
-def video_unet_from_state_dict(state_dict, *, source="motion_unet", dtype=torch.float32, device="cpu") -> VideoUNet:
-    return _sized_from_state_dict(state_dict, source=source, model_name="motion_unet", description="denoising UNet",
-                                  read_config=UNetConfig.from_state_dict, build=VideoUNet, dtype=dtype, device=device)
+def _plan_video_unet(state_dict, source) -> _Plan:
+    return _plan_sized(state_dict, source=source, model_name="motion_unet", description="denoising UNet",
+                       read_config=UNetConfig.from_state_dict, build=VideoUNet)
 
 
-def reference_unet_from_state_dict(state_dict, *, source="reference_unet", dtype=torch.float32,
-                                   device="cpu") -> ReferenceUNet:
-    return _sized_from_state_dict(state_dict, source=source, model_name="reference_unet",
-                                  description="reference UNet", read_config=UNetConfig.from_state_dict,
-                                  build=ReferenceUNet.from_config_dataclass, dtype=dtype, device=device)
+def _plan_reference_unet(state_dict, source) -> _Plan:
+    return _plan_sized(state_dict, source=source, model_name="reference_unet", description="reference UNet",
+                       read_config=UNetConfig.from_state_dict, build=ReferenceUNet.from_config_dataclass)
 
 
-def pose_guider_from_state_dict(state_dict, *, source="pose_guider", dtype=torch.float32, device="cpu") -> PoseGuider:
-    return _sized_from_state_dict(state_dict, source=source, model_name="pose_guider", description="pose guider",
-                                  read_config=PoseGuiderConfig.from_state_dict, build=PoseGuider, dtype=dtype,
-                                  device=device)
+def _plan_pose_guider(state_dict, source) -> _Plan:
+    return _plan_sized(state_dict, source=source, model_name="pose_guider", description="pose guider",
+                       read_config=PoseGuiderConfig.from_state_dict, build=PoseGuider)
 
 
-def taesdv_from_state_dict(state_dict, *, source="taesdv", dtype=torch.float32, device="cpu") -> TAESDV:
+def _plan_taesdv(state_dict, source) -> _Plan:
     _check_kind(state_dict, source=source, expected="taesdv")
-    return _fill(TAESDV, state_dict, source=source, model_name="taesdv", dtype=dtype, device=device)
+    weights.check_manifest(state_dict, "taesdv", source=source)  # one size only: the released one
+    return _Plan("taesdv", TAESDV, state_dict)
 
 
-def vae_from_state_dict(state_dict, config: dict | None = None, *, source="vae", dtype=torch.float32, device="cpu"):
+def _plan_vae(state_dict, config: dict | None, source) -> _Plan:
     config = config or json.loads(DEFAULT_VAE_CONFIG.read_text())
     _check_kind(state_dict, source=source, expected="sd_vae")
     if is_ldm_layout(state_dict):
         state_dict = ldm_to_diffusers(state_dict, config)
-    return _fill(lambda: build_vae(config), state_dict, source=source, model_name="vae", dtype=dtype, device=device)
+    return _Plan("vae", lambda: build_vae(config), state_dict)
+
+
+def _plan_image_encoder(state_dict, config: dict | None, source) -> _Plan:
+    config = config or json.loads(DEFAULT_IMAGE_ENCODER_CONFIG.read_text())
+    state_dict = {k: v for k, v in state_dict.items() if k not in _BENIGN_EXTRA_KEYS}
+    _check_kind(state_dict, source=source, expected="clip_vision")
+    return _Plan("image_encoder", lambda: build_image_encoder(config), state_dict, repair=_rebuild_position_ids)
+
+
+def video_unet_from_state_dict(state_dict, *, source="motion_unet", dtype=torch.float32, device="cpu") -> VideoUNet:
+    return _fill(_plan_video_unet(state_dict, source), source=source, dtype=dtype, device=device)
+
+
+def reference_unet_from_state_dict(state_dict, *, source="reference_unet", dtype=torch.float32,
+                                   device="cpu") -> ReferenceUNet:
+    return _fill(_plan_reference_unet(state_dict, source), source=source, dtype=dtype, device=device)
+
+
+def pose_guider_from_state_dict(state_dict, *, source="pose_guider", dtype=torch.float32, device="cpu") -> PoseGuider:
+    return _fill(_plan_pose_guider(state_dict, source), source=source, dtype=dtype, device=device)
+
+
+def taesdv_from_state_dict(state_dict, *, source="taesdv", dtype=torch.float32, device="cpu") -> TAESDV:
+    return _fill(_plan_taesdv(state_dict, source), source=source, dtype=dtype, device=device)
+
+
+def vae_from_state_dict(state_dict, config: dict | None = None, *, source="vae", dtype=torch.float32, device="cpu"):
+    return _fill(_plan_vae(state_dict, config, source), source=source, dtype=dtype, device=device)
 
 
 def _rebuild_position_ids(module: torch.nn.Module) -> None:
@@ -120,11 +188,36 @@ def _rebuild_position_ids(module: torch.nn.Module) -> None:
 
 def image_encoder_from_state_dict(state_dict, config: dict | None = None, *, source="image_encoder",
                                   dtype=torch.float32, device="cpu"):
-    config = config or json.loads(DEFAULT_IMAGE_ENCODER_CONFIG.read_text())
-    state_dict = {k: v for k, v in state_dict.items() if k not in _BENIGN_EXTRA_KEYS}
-    _check_kind(state_dict, source=source, expected="clip_vision")
-    return _fill(lambda: build_image_encoder(config), state_dict, source=source, model_name="image_encoder",
-                 dtype=dtype, device=device, repair=_rebuild_position_ids)
+    return _fill(_plan_image_encoder(state_dict, config, source), source=source, dtype=dtype, device=device)
+
+
+# Models RAIN loads, by the kind identify_checkpoint gives their files.
+_PLANNERS = {
+    "motion_unet": lambda state_dict, config, source: _plan_video_unet(state_dict, source),
+    "reference_unet": lambda state_dict, config, source: _plan_reference_unet(state_dict, source),
+    "pose_guider": lambda state_dict, config, source: _plan_pose_guider(state_dict, source),
+    "taesdv": lambda state_dict, config, source: _plan_taesdv(state_dict, source),
+    "sd_vae": _plan_vae,
+    "clip_vision": _plan_image_encoder,
+}
+
+
+def check_checkpoint(state_dict: dict, *, source) -> str:
+    """Every check loading makes, without loading anything: the kind of model the file holds, or WeightsError.
+
+    A VAE or CLIP file is checked against the ``config.json`` beside it (the released config when there is
+    none), as ``load_vae`` / ``load_image_encoder`` read it. Lets ``convert`` refuse to write a file that would
+    not load.
+    """
+    kind = weights.identify_checkpoint(state_dict)
+    if kind not in _PLANNERS:
+        seen = f"it looks like a {kind} checkpoint" if kind else "its keys match no known model"
+        raise weights.WeightsError(
+            f"{source} is not a checkpoint RAIN loads: {seen}. RAIN loads reference_unet, motion_unet, "
+            f"pose_guider, taesdv, an SD VAE and a CLIP image encoder; check that this is the file you meant.")
+    config = _folder_config(Path(source).parent) if kind in ("sd_vae", "clip_vision") else None
+    _on_meta(_PLANNERS[kind](state_dict, config, source), source=source)
+    return kind
 
 
 def _folder_config(folder: Path) -> dict | None:

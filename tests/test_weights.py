@@ -151,7 +151,7 @@ def test_load_strict_reports_missing_unexpected_and_shapes():
     assert "/models/tiny.pth" in message and "tiny" in message
     assert "1 missing keys" in message and "norm.bias" in message
     assert "1 unexpected keys" in message and "extra.weight" in message
-    assert "conv.bias file [7] vs model [4]" in message
+    assert "conv.bias (expected [4], found [7])" in message
     assert "python -m rain download --models-dir /models" in message
 
 
@@ -250,9 +250,16 @@ def test_manifests_have_expected_key_counts():
 
 # ---- convert_to_safetensors -----------------------------------------------------------------
 
+def pose_guider_sd() -> dict[str, torch.Tensor]:
+    """A reduced pose guider (convert only writes files RAIN loads)."""
+    from rain.models.pose_guider import PoseGuider, PoseGuiderConfig
+    return {k: torch.randn(v.shape) for k, v in
+            PoseGuider(PoseGuiderConfig(conditioning_embedding_channels=32)).state_dict().items()}
+
+
 def test_convert_roundtrip_and_overwrite_guard(tmp_path):
-    sd = tiny_sd()
-    sd["tied"] = sd["conv.weight"]  # shared storage must not break safetensors
+    sd = pose_guider_sd()
+    sd["blocks.0.bias"] = sd["conv_in.bias"]  # shared storage (tied weights) must not break safetensors
     torch.save(sd, tmp_path / "m.pth")
     out = weights.convert_to_safetensors(tmp_path / "m.pth")
     assert out == tmp_path / "m.safetensors"
@@ -261,16 +268,26 @@ def test_convert_roundtrip_and_overwrite_guard(tmp_path):
     with pytest.raises(WeightsError, match="already exists"):
         weights.convert_to_safetensors(tmp_path / "m.pth")
     weights.convert_to_safetensors(tmp_path / "m.pth", overwrite=True)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth", "m.safetensors"]
 
 
 def test_convert_with_dtype_keeps_integer_buffers(tmp_path):
-    torch.save(tiny_sd(), tmp_path / "m.pth")
-    out = weights.convert_to_safetensors(tmp_path / "m.pth", tmp_path / "sub" / "h.safetensors",
-                                         dtype=torch.float16)
+    """A CLIP file of older transformers carries the integer position_ids table; it stays integer."""
+    from rain.models.image_encoder import build_image_encoder
+
+    config = json.loads((Path(__file__).parents[1] / "rain" / "configs" / "tiny.json").read_text())["image_encoder"]
+    sd = {k: v.clone() for k, v in build_image_encoder(config).state_dict().items()}
+    sd["vision_model.embeddings.position_ids"] = torch.arange(
+        (config["image_size"] // config["patch_size"]) ** 2 + 1)[None]
+    folder = tmp_path / "image_encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save(sd, folder / "pytorch_model.bin")
+    out = weights.convert_to_safetensors(folder / "pytorch_model.bin", dtype=torch.float16)
+    assert out == folder / "model.safetensors"  # the name the loader looks for
     back = weights.load_state_dict(out)
-    assert back["conv.weight"].dtype == torch.float16
-    assert back["position_ids"].dtype == torch.int64
+    assert back["vision_model.embeddings.patch_embedding.weight"].dtype == torch.float16
+    assert back["vision_model.embeddings.position_ids"].dtype == torch.int64
 
 
 # ---- catalogue and lookup -------------------------------------------------------------------

@@ -3,6 +3,9 @@
 import email.message
 import hashlib
 import io
+import logging
+import os
+import socket
 import sys
 import types
 import urllib.error
@@ -12,7 +15,7 @@ import huggingface_hub
 import pytest
 
 from rain import weights
-from rain.weights import DownloadError, RemoteFile
+from rain.weights import DownloadError, RemoteFile, catalogue, fetch
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +24,8 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args} {kwargs}")
 
-    monkeypatch.setattr(weights, "_open_url", refuse)
+    monkeypatch.setattr(fetch, "_open_url", refuse)
+    monkeypatch.setattr(fetch, "_resolve", lambda host: None)  # names resolve; connections are refused above
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refuse)
 
@@ -99,7 +103,7 @@ def test_download_subfolder_and_folder_layouts(tmp_path, monkeypatch):
     FakeHub(monkeypatch, {(vae, "config.json"): b"{}", (vae, "diffusion_pytorch_model.safetensors"): b"v" * 9,
                           (lambdalabs, "image_encoder/config.json"): b"{}",
                           (lambdalabs, "image_encoder/pytorch_model.bin"): b"c" * 7})
-    monkeypatch.setattr(weights, "_static_entries", _with_image_encoder_size(None))
+    monkeypatch.setattr(catalogue, "_static_entries", _with_image_encoder_size(None))
     result = weights.download(tmp_path, ["vae", "image_encoder"], progress=False)
     assert result == {"vae": tmp_path / "sd-vae-ft-mse", "image_encoder": tmp_path / "image_encoder"}
     assert (tmp_path / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors").read_bytes() == b"v" * 9
@@ -107,7 +111,7 @@ def test_download_subfolder_and_folder_layouts(tmp_path, monkeypatch):
 
 
 def _with_image_encoder_size(size):
-    original = weights._static_entries
+    original = catalogue._static_entries
 
     def entries():
         catalogue = original()
@@ -136,6 +140,100 @@ def test_hub_failure_is_wrapped(tmp_path, monkeypatch):
         weights.download(tmp_path, ["pose_guider"], progress=False)
 
 
+# ---- no network: one message at once; retries: one line each ----------------------------------------------
+
+def no_dns(monkeypatch):
+    """Host names do not resolve and no proxy is configured (as on a machine without network)."""
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    asked = []
+
+    def resolve(host):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(fetch, "_resolve", resolve)
+    return asked
+
+
+def test_unresolvable_hub_fails_at_once_with_one_message(tmp_path, monkeypatch):
+    asked = no_dns(monkeypatch)  # the Hub calls still refuse: reaching them would fail the test
+    with pytest.raises(DownloadError) as err:
+        weights.download(tmp_path, ["rain"], progress=False)
+    assert asked == ["huggingface.co"]
+    message = str(err.value)
+    assert message.startswith("Cannot download reference_unet.pth: the server name huggingface.co does not "
+                              "resolve (Name or service not known)")
+    assert f"python -m rain download --models-dir {tmp_path}" in message and "HTTPS_PROXY" in message
+
+
+def test_unresolvable_hub_keeps_present_files(tmp_path, monkeypatch):
+    no_dns(monkeypatch)
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", offline)
+    (tmp_path / "pose_guider.pth").write_bytes(b"p" * 40)
+    assert weights.download(tmp_path, ["pose_guider"], progress=False) == {
+        "pose_guider": tmp_path / "pose_guider.pth"}
+
+
+def test_behind_a_proxy_names_are_not_resolved_here(tmp_path, monkeypatch):
+    asked = no_dns(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    FakeHub(monkeypatch, rain_files())
+    weights.download(tmp_path, ["pose_guider"], progress=False)
+    assert asked == [] and (tmp_path / "pose_guider.pth").read_bytes() == b"p" * 40
+
+
+def test_unresolvable_url_host_says_no_network(tmp_path, monkeypatch):
+    def open_url(request, timeout):
+        raise urllib.error.URLError(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
+    monkeypatch.setattr(fetch, "_open_url", open_url)
+    with pytest.raises(DownloadError, match="the server name example.invalid does not resolve "
+                                            r"\(Temporary failure in name resolution\)"):
+        weights.http_download("https://example.invalid/taesdv.pth", tmp_path / "taesdv.pth", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+class RecordingHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_each_hub_retry_is_one_line(tmp_path, monkeypatch, caplog):
+    """huggingface_hub logs two warnings per retry, through its own handler and the root logger's."""
+    hub = FakeHub(monkeypatch, rain_files())
+    http_logger = logging.getLogger("huggingface_hub.utils._http")
+    url = "https://huggingface.co/Pscgylotti/RAIN-v0.1/resolve/main/pose_guider.pth"
+
+    def flaky_download(*args, **kwargs):
+        for attempt, wait in ((1, 1), (2, 2)):
+            http_logger.warning(f"'[Errno 104] Connection reset by peer' thrown while requesting GET {url}")
+            http_logger.warning(f"Retrying in {wait}s [Retry {attempt}/5].")
+        return FakeHub.hf_hub_download(hub, *args, **kwargs)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", flaky_download)
+    library_handler = RecordingHandler()  # stands for the handler huggingface_hub installs for itself
+    hub_logger = logging.getLogger("huggingface_hub")
+    hub_logger.addHandler(library_handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            weights.download(tmp_path, ["pose_guider"], progress=False)
+    finally:
+        hub_logger.removeHandler(library_handler)
+    assert library_handler.records == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "pose_guider.pth from huggingface.co/Pscgylotti/RAIN-v0.1: [Errno 104] Connection reset by peer; "
+        "Retrying in 1s [Retry 1/5]",
+        "pose_guider.pth from huggingface.co/Pscgylotti/RAIN-v0.1: [Errno 104] Connection reset by peer; "
+        "Retrying in 2s [Retry 2/5]"]
+    assert hub_logger.propagate and library_handler not in hub_logger.handlers  # restored afterwards
+
+
 def test_unknown_group_is_an_error(tmp_path):
     with pytest.raises(weights.WeightsError, match="choose from"):
         weights.download(tmp_path, ["everything"], progress=False)
@@ -162,7 +260,7 @@ class FakeServer:
     def __init__(self, monkeypatch, content: bytes, *, honour_range=True, fail_after=None):
         self.content, self.honour_range, self.fail_after = content, honour_range, fail_after
         self.requests = []
-        monkeypatch.setattr(weights, "_open_url", self.open)
+        monkeypatch.setattr(fetch, "_open_url", self.open)
 
     def open(self, request, timeout):
         range_header = request.get_header("Range")

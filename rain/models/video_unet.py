@@ -43,7 +43,14 @@ class UNetConfig:
         """Read the widths off a checkpoint (reduced test models and released files share one path)."""
         widths = []
         while f"down_blocks.{len(widths)}.resnets.0.conv1.weight" in state_dict:
-            widths.append(state_dict[f"down_blocks.{len(widths)}.resnets.0.conv1.weight"].shape[0])
+            key = f"down_blocks.{len(widths)}.resnets.0.conv1.weight"
+            shape = tuple(state_dict[key].shape)
+            # Checked here, where the key is known: GroupNorm would otherwise fail deep inside the build.
+            if not shape or shape[0] <= 0 or shape[0] % cls.norm_num_groups:
+                raise ValueError(f"{key} has shape {list(shape)}: its first dimension is a block width, which "
+                                 f"must be a positive multiple of the {cls.norm_num_groups} GroupNorm groups "
+                                 f"(the released widths are {', '.join(map(str, cls.block_out_channels))})")
+            widths.append(shape[0])
         if not widths:
             raise KeyError("down_blocks.0.resnets.0.conv1.weight")
         # Only sizes are read here, never whether a part exists: a file that lacks the guidance
