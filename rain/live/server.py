@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 
 from .protocol import (OUTPUT_FORMATS, FrameLimits, Rejected, RateLimiter, check_image, parse_control,
                        parse_frame)
+from .routes import PREFIX, ROUTES
 from .session import LiveFrame, LiveSession
 
 log = logging.getLogger("rain.live")
 
-PREFIX = "/rain/live"
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {"live_panel.js": "text/javascript", "standalone.js": "text/javascript",
                 "viewer.js": "text/javascript"}
@@ -181,10 +181,7 @@ class LiveRoutes:
         self.stats_interval = stats_interval
 
     def route_table(self) -> list[tuple[str, str, object]]:
-        p = self.prefix
-        return [("get", f"{p}/", self.panel_page), ("get", f"{p}/viewer", self.viewer_page),
-                ("get", f"{p}/static/{{name}}", self.static_file), ("get", f"{p}/sessions", self.list_sessions),
-                ("get", f"{p}/ws", self.websocket), ("post", f"{p}/reference", self.upload_reference)]
+        return [(method, self.prefix + path, getattr(self, name)) for method, path, name in ROUTES]
 
     # -- pages -----------------------------------------------------------------------------------------------------
     def _refused(self, request):
