@@ -383,8 +383,8 @@ class LiveSession:
             # The host moved the models away during the call: the window is lost, not the session.
             if self.prepare is not None and self.prepare():
                 log.warning("RAIN live %s: the models were moved during a call; restarting the stream", self.id)
-                self.stats.count("restarts")
                 in_flight.clear()
                 self._open_stream()
+                self.stats.count("restarts")
                 return []
             raise
