@@ -2,25 +2,21 @@
 (OpenCV, here on a video file) and the virtual camera (with pyvirtualcam's interface stood in)."""
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 import types
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
+from live_server import LiveServer
 
 from rain.live.devices import VIRTUAL_CAMERA_HELP, LocalCamera, VirtualCamera
 from rain.live.protocol import encode_image, frame_message, parse_output
 from rain.live.session import CallbackSubscriber, LiveSession, LiveSettings
 from rain.sampling.stream import StreamSettings
 
-REPO = Path(__file__).resolve().parent.parent
 SIZE = 64
 FAST = StreamSettings(frames_per_group=1, num_groups=2, seed=3)
 
@@ -31,41 +27,6 @@ def wait_for(condition, what: str, timeout: float = 60.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.02)
-
-
-class LiveServer:
-    """``python -m rain live`` in its own process group; always stopped, never left behind."""
-
-    def __init__(self, *args: str):
-        self.process = subprocess.Popen([sys.executable, "-m", "rain", "live", "--port", "0", *args], cwd=REPO,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
-        self.lines: list[str] = []
-        self.url = None
-        deadline = time.monotonic() + 180
-        while self.url is None:
-            line = self.process.stdout.readline()
-            if not line:
-                self.stop()
-                raise AssertionError("the live server ended before serving:\n" + "".join(self.lines))
-            self.lines.append(line)
-            if line.startswith("RAIN live: panel "):
-                self.url = line.split()[3]
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("the live server did not start:\n" + "".join(self.lines))
-
-    def stop(self) -> tuple[int, str]:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        rest = self.process.stdout.read()
-        self.process.stdout.close()
-        return self.process.returncode, "".join(self.lines) + rest
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ MAX_SHOWN_REPORT = 256
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
-                               "connect-src 'self'; frame-ancestors 'self'",
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; "
+                               "media-src 'self' blob: mediastream:; connect-src 'self'; frame-ancestors 'self'",
 }
 
 

@@ -298,7 +298,7 @@ export function buildPanel(container, client, { viewerUrl = null, compact = fals
     font: "12px sans-serif", color: "var(--input-text, #ddd)", overflow: "hidden" }, { className: "rain-live" });
   const views = element("div", { position: "relative", flex: "1 1 auto", minHeight: "120px", background: "#111",
     display: "flex", alignItems: "center", justifyContent: "center" });
-  const output = element("canvas", { maxWidth: "100%", maxHeight: "100%", objectFit: "contain", imageRendering: "auto" },
+  const output = element("canvas", { width: "100%", height: "100%", objectFit: "contain" },
     { className: "rain-live-output", width: 512, height: 512 });
   const video = element("video", { position: "absolute", right: "4px", bottom: "4px", width: compact ? "25%" : "20%",
     border: "1px solid #555", background: "#000" }, { className: "rain-live-camera", muted: true, playsInline: true });
