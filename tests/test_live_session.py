@@ -325,6 +325,27 @@ def test_calibration_changes_the_next_frame(tiny_pipeline, reference, face_detec
     assert session.stats.snapshot()["rejected"]["malformed"] == 1
 
 
+def test_the_newest_camera_takes_over(tiny_pipeline, reference):
+    """Two pages on one session never interleave their frames: the newest camera wins, the other is told."""
+    session = LiveSession(tiny_pipeline, reference, settings=LiveSettings(FAST))
+    session.start()
+
+    async def main():
+        async with Server(session) as server, server.connect() as first:
+            await first.receive_json()
+            async with server.connect() as second:
+                await second.receive_json()
+                await send_taken(second, session, frame_message(0, 0, camera_jpeg()))
+                await first.send_bytes(frame_message(1, 0, camera_jpeg()))
+                events = []
+                await collect(first, [], events, lambda: any(e["type"] == "error" for e in events))
+                return [e for e in events if e["type"] == "error"]
+
+    errors = run(main())
+    assert "another camera took over" in errors[0]["message"]
+    assert session.stats.rejected["superseded"] == 1 and session.stats.frames_received == 1
+
+
 def test_clean_shutdown(tiny_pipeline, reference):
     session = LiveSession(tiny_pipeline, reference, settings=LiveSettings(FAST))
     session.start()

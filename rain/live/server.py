@@ -277,6 +277,7 @@ class LiveRoutes:
             tasks.append(asyncio.create_task(self._report(ws, session)))
         source = session.claim_source() if role == "camera" else None
         limiter = RateLimiter(self.limits.max_rate, self.limits.burst)
+        told_superseded = False
         try:
             await ws.send_json({**session.info(), "role": role})
             async for message in ws:
@@ -286,6 +287,10 @@ class LiveRoutes:
                     session.reject("rate_limited")
                 elif message.type == WSMsgType.BINARY:
                     self._frame(session, message.data, source)
+                    if source is not None and source != session.camera and not told_superseded:
+                        told_superseded = True
+                        await ws.send_json({"type": "error", "message": "another camera took over this session "
+                                                                       "(a newer page, or a local camera)"})
                 else:
                     await self._control(ws, session, message.data, role)
             if ws.exception() is not None:  # e.g. a message over hard_max_bytes: this connection ends

@@ -53,6 +53,8 @@ class LiveSettings:
             raise ValueError(f"output_format must be one of {sorted(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if self.queue_size < 0:
             raise ValueError("queue_size must be 0 (one group) or more")
+        if not 1 <= self.output_quality <= 100:
+            raise ValueError(f"output_quality must be 1 to 100, got {self.output_quality}")
 
     @property
     def capacity(self) -> int:
@@ -229,6 +231,11 @@ class LiveSession:
         with self._lock:
             self._source += 1
             return self._source
+
+    @property
+    def camera(self) -> int:
+        """The token of the camera whose frames are taken (see ``claim_source``)."""
+        return self._source
 
     def submit(self, frame: CameraFrame, source: int | None = None) -> bool:
         """Queue a camera frame; False when it was not taken (session stopped, or another camera took over)."""
