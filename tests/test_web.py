@@ -1,4 +1,4 @@
-"""The calibration widget: the frontend file the pack serves, and the preview it asks the server for."""
+"""The calibration widget and the live panel: the frontend files the pack serves, and what they ask the server for."""
 
 import importlib.util
 import json
