@@ -23,22 +23,10 @@ PRESETS = ("calibration", "startup", "none")
 _HUMAN_COLOUR = (150, 150, 150)
 
 
-def calibration_fields() -> tuple[str, ...]:
-    from ..rain.pose.landmark_transform import SLIDER_RANGES
-    return tuple(SLIDER_RANGES)
-
-
 def translations_for(preset: str, params: dict):
-    """The translation list a node with these widget values applies."""
-    from ..rain.pose.landmark_transform import STARTUP_TRANSLATIONS, FaceCalibration, calibration_translations
-    if preset == "calibration":
-        known = {k: float(v) for k, v in params.items() if k in calibration_fields()}
-        return tuple(calibration_translations(FaceCalibration.from_dict(known)))
-    if preset == "startup":
-        return tuple(STARTUP_TRANSLATIONS)
-    if preset == "none":
-        return ()
-    raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    """The translation list a node with these widget values applies (the engine's, shared with live sessions)."""
+    from ..rain.live.pose_stage import translations_for as engine_translations
+    return engine_translations(preset, params)
 
 
 @dataclass

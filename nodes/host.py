@@ -254,6 +254,24 @@ def load_models(patchers) -> None:
         mm.load_models_gpu(host, force_full_load=True)
 
 
+def _same_device(tensor_device: torch.device, target: torch.device) -> bool:
+    return tensor_device.type == target.type and (target.index is None or tensor_device.index == target.index)
+
+
+def models_on_device(patchers) -> bool:
+    """True when every weight of these models sits on its load device. ComfyUI's memory manager offloads models
+    when other work needs the room; a background user (a live session) checks this before each call."""
+    for patcher in patchers:
+        if patcher is None:
+            continue
+        target = torch.device(patcher.load_device)
+        module = patcher.model
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if not _same_device(tensor.device, target):
+                return False
+    return True
+
+
 def soft_empty_cache() -> None:
     mm = _module("comfy.model_management")
     if mm is not None:

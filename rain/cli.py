@@ -5,6 +5,7 @@
     python -m rain animate --models-dir models --reference character.png --driving poses.mp4 -o out.mp4
     python -m rain animate ... --driving webcam_take.mp4 --task face      # raw video → landmarks → RAIN
     python -m rain make-tiny-models /tmp/tiny                              # random reduced weights for trying
+    python -m rain live --models-dir models --reference character.png     # webcam → character on 127.0.0.1
 """
 
 import argparse
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--vae", type=Path, default=None, help="a VAE folder or single file to use instead")
     animate.add_argument("--image-encoder", type=Path, default=None, help="a CLIP vision folder or file to use")
     animate.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
+
+    from .live import standalone as live  # argparse only; the engine loads when the command runs
+    live.add_arguments(commands.add_parser("live", help=live.HELP))
 
     tiny = commands.add_parser("make-tiny-models", help="write reduced random weights (for trying the plumbing)")
     tiny.add_argument("models_dir", type=Path)
@@ -199,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from .io import VideoIOError
     from .weights import WeightsError
+    from .live.standalone import run as run_live
     handlers = {"download": run_download, "convert": run_convert, "animate": run_animate,
-                "make-tiny-models": run_make_tiny_models}
+                "make-tiny-models": run_make_tiny_models, "live": run_live}
     try:
         return handlers[args.command](args)
     except (WeightsError, VideoIOError, ValueError, FileNotFoundError) as error:

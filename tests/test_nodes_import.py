@@ -54,7 +54,7 @@ print(json.dumps({{
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["nodes"] == sorted(["RAIN_LoadModel", "RAIN_FuseReference", "RAIN_StreamSampler",
                                       "RAIN_DecodeLatents", "RAIN_FaceLandmarks", "RAIN_WholeBodyPose",
-                                      "RAIN_LandmarkTransform", "RAIN_DrawPose"])
+                                      "RAIN_LandmarkTransform", "RAIN_DrawPose", "RAIN_Live"])
     # "rain" would mean the engine was imported as a top-level package instead of relatively inside the pack.
     assert report["loaded"] == [], f"imported at pack import: {report['loaded']}"
     assert (REPO / report["web"]).is_dir()
@@ -122,9 +122,12 @@ def test_calibration_parameters_are_all_widgets(pack):
 
 def test_only_the_loader_fingerprints_its_inputs(pack):
     # ComfyUI's cache keys on the inputs: that alone makes "only a new image re-fuses" true. An IS_CHANGED on the
-    # fuse or sampler nodes would re-run them needlessly; the loader's fingerprints the files on disk.
+    # fuse or sampler nodes would re-run them needlessly; the loader's fingerprints the files on disk. RAIN Live
+    # runs on every queued prompt: running the graph is how a stopped session starts again.
     with_fingerprint = {k for k, cls in pack.NODE_CLASS_MAPPINGS.items() if hasattr(cls, "IS_CHANGED")}
-    assert with_fingerprint == {"RAIN_LoadModel"}
+    assert with_fingerprint == {"RAIN_LoadModel", "RAIN_Live"}
+    live = pack.NODE_CLASS_MAPPINGS["RAIN_Live"].IS_CHANGED()
+    assert live != live   # NaN: never equal to the previous run's value
 
 
 def test_engine_imports_inside_the_pack_are_relative():

@@ -1,6 +1,7 @@
-"""The calibration widget: the frontend file the pack serves, and the preview it asks the server for."""
+"""The calibration widget and the live panel: the frontend files the pack serves, and what they ask the server for."""
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -112,3 +113,70 @@ def test_face_with_missing_points_still_previews(calibration):
     png, over = calibration.preview_png("calibration", {}, node_id="43")
     colours = {tuple(c) for c in decode(png).reshape(-1, 3).tolist()}
     assert (128, 128, 255) in colours and (255, 128, 128) not in colours  # the unseen eye is not drawn
+
+
+# -- the live panel ----------------------------------------------------------------------------------------------
+LIVE_STATIC = REPO / "rain" / "live" / "static"
+
+
+def test_live_extension_targets_our_node_and_routes(pack):
+    from rain.live.routes import PREFIX
+    script = (REPO / pack.WEB_DIRECTORY / "rain_live.js").read_text()
+    node = re.search(r'const NODE_TYPE = "([^"]+)"', script).group(1)
+    assert node == "RAIN_Live" and getattr(pack.NODE_CLASS_MAPPINGS[node], "OUTPUT_NODE", False)
+    assert f'const BASE = "{PREFIX}/"' in script
+    assert 'from "../../scripts/app.js"' in script and 'from "../../scripts/api.js"' in script
+    assert "serialize: false" in script and "widget.serialize = false" in script
+    from rain.pose.landmark_transform import SLIDER_RANGES
+    for name in SLIDER_RANGES:                      # every calibration widget reaches the session
+        assert f'"{name}"' in script
+
+
+def test_live_pages_load_only_served_files():
+    from rain.live.server import PAGES, STATIC_FILES
+    for page in PAGES.values():
+        html = (LIVE_STATIC / page).read_text()
+        for name in re.findall(r'src="static/([^"]+)"', html):
+            assert name in STATIC_FILES, (page, name)
+    for name in STATIC_FILES:
+        for imported in re.findall(r'from "\./([^"]+)"', (LIVE_STATIC / name).read_text()):
+            assert imported in STATIC_FILES, (name, imported)
+    assert {p.name for p in LIVE_STATIC.iterdir()} == set(STATIC_FILES) | set(PAGES.values())
+
+
+@pytest.mark.parametrize("path", [REPO / "web" / "rain_live.js", *sorted(LIVE_STATIC.glob("*.js"))],
+                         ids=lambda p: p.name)
+def test_live_scripts_parse(path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    result = subprocess.run([node, "--check", "--input-type=module"], input=path.read_text(), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_live_protocol_is_the_same_in_python_and_javascript():
+    """The page's header code (run in node) and the server's (Python) read each other's messages."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    from rain.live.protocol import FrameLimits, encode_image, output_message, parse_frame
+    image = encode_image(np.full((24, 32, 3), 90, np.uint8), "png")
+    reply = output_message(2 ** 31 + 3, 1234.5, 17.25, image)
+    code = f"""
+import {{ frameMessage, parseOutput }} from {(LIVE_STATIC / "live_panel.js").as_uri()!r};
+const image = Buffer.from({image.hex()!r}, "hex");
+const message = Buffer.from(frameMessage(4000000001, 98765.25, image.buffer.slice(image.byteOffset,
+  image.byteOffset + image.byteLength)));
+const reply = Buffer.from({reply.hex()!r}, "hex");
+const parsed = parseOutput(reply.buffer.slice(reply.byteOffset, reply.byteOffset + reply.byteLength));
+console.log(JSON.stringify({{ message: message.toString("hex"), sequence: parsed.sequence,
+  captureMs: parsed.captureMs, serverMs: parsed.serverMs, image: Buffer.from(parsed.image).toString("hex") }}));
+"""
+    result = subprocess.run([node, "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    frame = parse_frame(bytes.fromhex(report["message"]), FrameLimits())
+    assert (frame.sequence, frame.capture_ms) == (4000000001, 98765.25) and frame.image.data == image
+    assert (report["sequence"], report["captureMs"], report["serverMs"]) == (2 ** 31 + 3, 1234.5, 17.25)
+    assert bytes.fromhex(report["image"]) == image

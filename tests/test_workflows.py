@@ -52,7 +52,8 @@ HOST_NODES = {
                           ("vae", "VAE", 0)], ["VHS_FILENAMES"]),
 }
 FRONTEND_ONLY = {"Note", "MarkdownNote"}          # drawn by the frontend, never executed
-OUTPUT_NODES = {"SaveVideo", "PreviewImage", "SaveImage", "VHS_VideoCombine"}
+HOST_OUTPUT_NODES = {"SaveVideo", "PreviewImage", "SaveImage", "VHS_VideoCombine"}
+DWPOSE_NODES = {"RAIN_FaceLandmarks", "RAIN_WholeBodyPose", "RAIN_Live"}
 DICT_WIDGETS = {"VHS_LoadVideo", "VHS_VideoCombine", "VHS_VideoInfoLoaded"}  # VHS saves widgets_values by name
 MODEL_FILES = ("models/rain", "motion_unet.pth", "reference_unet.pth", "pose_guider.pth", "taesdv.pth",
                "sd-vae-ft-mse", "image_encoder", "Pscgylotti/RAIN-v0.1")
@@ -94,9 +95,14 @@ def load(path):
     return json.loads(path.read_text())
 
 
+def output_nodes(pack) -> set[str]:
+    ours = {node_id for node_id, cls in pack.NODE_CLASS_MAPPINGS.items() if getattr(cls, "OUTPUT_NODE", False)}
+    return HOST_OUTPUT_NODES | ours
+
+
 def test_workflows_are_shipped():
     names = {p.stem for p in WORKFLOWS}
-    assert {"rain_face_morphing", "rain_style_transfer", "rain_whole_body"} <= names
+    assert {"rain_face_morphing", "rain_style_transfer", "rain_whole_body", "rain_live_face"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -135,7 +141,7 @@ def test_nodes_exist_and_links_have_matching_types(pack, path):
         declared = {n: t for n, t, _ in defs[sink["type"]][0]}
         assert name in declared, (sink["type"], name)
         assert declared[name] == kind, (sink["type"], name, declared[name], kind)
-    assert any(n["type"] in OUTPUT_NODES for n in data["nodes"]), "nothing would execute without an output node"
+    assert any(n["type"] in output_nodes(pack) for n in data["nodes"]), "nothing would execute without an output node"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -196,7 +202,7 @@ def test_note_says_which_model_files_and_where(path):
     for needed in MODEL_FILES:
         assert needed in text, f"{path.name}: the note does not mention {needed}"
     types = {n["type"] for n in data["nodes"]}
-    if types & {"RAIN_FaceLandmarks", "RAIN_WholeBodyPose"}:
+    if types & DWPOSE_NODES:
         assert "dwpose" in text and "yolox_l.onnx" in text and "dw-ll_ucoco_384.onnx" in text
 
 
@@ -216,3 +222,19 @@ def test_specific_workflows(pack):
     body_nodes = {n["type"]: n for n in body["nodes"]}
     assert "RAIN_WholeBodyPose" in body_nodes
     assert body_nodes["RAIN_DrawPose"]["widgets_values"][0] == "whole body"
+
+
+def test_live_workflow(pack):
+    live = load(REPO / "workflows" / "rain_live_face.json")
+    nodes = {n["type"]: n for n in live["nodes"]}
+    assert {"LoadImage", "RAIN_LoadModel", "RAIN_FuseReference", "RAIN_Live"} <= set(nodes)
+    assert pack.NODE_CLASS_MAPPINGS["RAIN_Live"].OUTPUT_NODE
+    widgets = [name for name, _, count in our_node(pack.NODE_CLASS_MAPPINGS["RAIN_Live"])[0] if count]
+    values = dict(zip(widgets, nodes["RAIN_Live"]["widgets_values"]))
+    assert values["task"] == "face" and values["preset"] == "calibration" and values["decoder"] == "taesdv"
+    fuse = dict(zip(["width", "height"], nodes["RAIN_FuseReference"]["widgets_values"]))
+    assert fuse == {"width": 512, "height": 512}
+    note = "\n".join(n["widgets_values"][0] for n in live["nodes"] if n["type"] in FRONTEND_ONLY)
+    for needed in ("OBS", "Browser Source", "/rain/live/viewer?session=node-" + str(nodes["RAIN_Live"]["id"]),
+                   "python -m rain live", "frames_per_group"):
+        assert needed in note, needed
