@@ -28,8 +28,8 @@ DEPTH_FOLDER = "depth_estimator"
 DEFAULT_MOMENTUM = 0.9
 #: transformers model types that predict depth (others are accepted when their architecture says so).
 DEPTH_MODEL_TYPES = frozenset({"dpt", "depth_anything", "glpn", "zoedepth", "depth_pro", "prompt_depth_anything"})
-HUB_SUGGESTION = ("e.g. `hf download Intel/dpt-hybrid-midas --local-dir {folder}` (MiDaS, the paper's estimator) "
-                  "or `hf download depth-anything/Depth-Anything-V2-Small-hf --local-dir {folder}`")
+HUB_SUGGESTION = ("e.g. `hf download depth-anything/Depth-Anything-V2-Small-hf --local-dir {folder}` (99 MB) or "
+                  "`hf download Intel/dpt-hybrid-midas --local-dir {folder}` (MiDaS, the paper's estimator)")
 
 
 class DepthModelNotFound(FileNotFoundError):
@@ -53,8 +53,8 @@ def find_depth_model(models_dir: str | os.PathLike | None, model: str | os.PathL
     folder = Path(model) if model is not None else Path(models_dir or ".") / DEPTH_FOLDER
     if not folder.is_dir():
         raise DepthModelNotFound(
-            f"no depth estimator at {folder}: put a transformers depth model folder there (config.json, "
-            f"model.safetensors, preprocessor_config.json), {HUB_SUGGESTION.format(folder=folder)}")
+            f"no depth estimator at {folder}: put a transformers depth model folder there (config.json, the "
+            f"weights, preprocessor_config.json), {HUB_SUGGESTION.format(folder=folder)}")
     if not is_depth_model_folder(folder):
         raise DepthModelNotFound(
             f"{folder / 'config.json'} is missing or does not describe a depth estimation model (DPT, Depth "

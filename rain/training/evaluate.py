@@ -191,7 +191,7 @@ def evaluate(dataset: str | os.PathLike, models_dir: str | os.PathLike, out_dir:
         lpips_model.to(device)
     pipe = RainPipeline.from_models_dir(models_dir, device=device, dtype=torch_dtype, vae_path=vae,
                                         image_encoder_path=image_encoder, decoders=(options.decoder,))
-    guidance = options.guidance or TASK_GUIDANCE.get(store.manifest.task, 2.5)
+    guidance = options.guidance if options.guidance is not None else TASK_GUIDANCE.get(store.manifest.task, 2.5)
     settings = StreamSettings(frames_per_group=options.frames_per_group, num_groups=options.groups,
                               steps_per_group=options.steps_per_group, guidance_scale=guidance, seed=options.seed,
                               decoder=options.decoder)

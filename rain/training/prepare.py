@@ -21,11 +21,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from .data import MANIFEST, SHARDS, DatasetError, Manifest, ShardWriter
+if TYPE_CHECKING:  # the dataset module loads torch; the command line only needs the choices below to start
+    from .data import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +200,8 @@ def find_videos(videos_dir: str | os.PathLike) -> list[Path]:
 
 def open_manifest(out_dir: Path, options: PrepareOptions) -> Manifest:
     """A fresh manifest, or the existing one when resuming the same preparation (else a clear error)."""
+    from .data import MANIFEST, SHARDS, DatasetError, Manifest
+
     recorded = options.recorded()
     if not (out_dir / MANIFEST).is_file():
         if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -254,6 +258,7 @@ def prepare_dataset(videos_dir: str | os.PathLike, out_dir: str | os.PathLike, o
                     annotator: Annotator, progress: Callable[[str], None] | None = None) -> PrepareSummary:
     """Prepare (or continue preparing) ``out_dir`` from the videos under ``videos_dir``."""
     from ..io import probe, read_frames
+    from .data import ShardWriter
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     videos = find_videos(videos_dir)
