@@ -6,6 +6,8 @@
     python -m rain animate ... --driving webcam_take.mp4 --task face      # raw video → landmarks → RAIN
     python -m rain make-tiny-models /tmp/tiny                              # random reduced weights for trying
     python -m rain live --models-dir models --reference character.png     # webcam → character on 127.0.0.1
+    python -m rain prepare-data videos/ data/ --task depth                 # training clips (rain/training)
+    python -m rain evaluate data/ --models-dir models -o eval/
 """
 
 import argparse
@@ -52,11 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--driving", required=True, type=Path,
                          help="a video (or image folder) of pose images, or a raw video with --task face/body")
     animate.add_argument("-o", "--output", required=True, type=Path, help=".mp4 .mkv .webm .gif or a folder (PNGs)")
-    animate.add_argument("--task", choices=("pose", "face", "body"), default="pose",
-                         help="pose: the driving video already shows pose images; face/body: detect with DWPose")
+    animate.add_argument("--task", choices=("pose", "face", "body", "depth"), default="pose",
+                         help="pose: the driving video already shows pose images; face/body: detect with DWPose; "
+                              "depth: depth maps from the depth estimator (--depth-model)")
+    animate.add_argument("--depth-model", type=Path, default=None,
+                         help="--task depth: depth model folder (default: MODELS_DIR/depth_estimator)")
     animate.add_argument("--size", type=_size, default=None,
                          help="output size N or WxH, multiples of 8 (default: the driving video's size rounded "
-                              "down to multiples of 8, or 512 with --task face/body)")
+                              "down to multiples of 8, or 512 with --task face/body/depth)")
     animate.add_argument("--fps", type=float, default=None, help="resample the driving video to this rate")
     animate.add_argument("--start", type=int, default=0, help="skip this many driving frames")
     animate.add_argument("--max-frames", type=int, default=None)
@@ -86,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny-models", help="write reduced random weights (for trying the plumbing)")
     tiny.add_argument("models_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+
+    from .training.commands import add_parsers as add_training_data_parsers
+    add_training_data_parsers(commands, size_type=_size, models_dir_default=DEFAULT_MODELS_DIR)
     return parser
 
 
@@ -130,6 +138,11 @@ def _driving_frames(args, size):
     from .io import read_frames
     if args.task == "pose":
         return read_frames(args.driving, size=size, fps=args.fps, start=args.start, max_frames=args.max_frames), None
+    if args.task == "depth":
+        from .depth import depth_driving_frames
+        return depth_driving_frames(args.driving, size, models_dir=args.models_dir, model=args.depth_model,
+                                    fps=args.fps, start=args.start, max_frames=args.max_frames, crop=args.crop,
+                                    device=args.device), None
     from .pose.driving import pose_frames
     from .pose.dwpose import DWPoseDetector
     from .pose.face_tracking import PoseStats
@@ -192,8 +205,10 @@ def run_animate(args) -> int:
 
 
 def run_make_tiny_models(args) -> int:
-    from .devtools import write_tiny_models
+    from .depth import DEPTH_FOLDER
+    from .devtools import write_tiny_depth_model, write_tiny_models
     path = write_tiny_models(args.models_dir, seed=args.seed)
+    write_tiny_depth_model(path / DEPTH_FOLDER, seed=args.seed)
     print(f"wrote reduced random models to {path} (frames must be multiples of 8, e.g. 64x64)")
     return 0
 
@@ -204,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     from .io import VideoIOError
     from .weights import WeightsError
     from .live.standalone import run as run_live
+    from .training.commands import run_evaluate, run_prepare_data
     handlers = {"download": run_download, "convert": run_convert, "animate": run_animate,
-                "make-tiny-models": run_make_tiny_models, "live": run_live}
+                "make-tiny-models": run_make_tiny_models, "live": run_live, "prepare-data": run_prepare_data,
+                "evaluate": run_evaluate}
     try:
         return handlers[args.command](args)
     except (WeightsError, VideoIOError, ValueError, FileNotFoundError) as error:

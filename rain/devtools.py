@@ -67,3 +67,40 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
     save_folder(build_image_encoder(config["image_encoder"]), "image_encoder", "model.safetensors",
                 config["image_encoder"])
     return models_dir
+
+
+def write_tiny_depth_model(folder: str | Path, *, family: str = "dpt", seed: int = 0) -> Path:
+    """A reduced random depth estimator in transformers' folder layout (config.json, model.safetensors,
+    preprocessor_config.json) that :class:`rain.depth.DepthEstimator` loads like a real one: ``family`` "dpt"
+    (DPT / MiDaS) or "depth_anything" (Depth Anything, DINOv2 backbone)."""
+    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTConfig,
+                              DPTForDepthEstimation)
+    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+
+    folder = Path(folder)
+    generator = torch.Generator().manual_seed(seed)
+    neck = dict(neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=8, head_hidden_size=8)
+    if family == "dpt":
+        model = DPTForDepthEstimation(DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                                                intermediate_size=32, image_size=32, patch_size=8,
+                                                backbone_out_indices=[0, 1, 2, 3], **neck))
+        processor = DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False,
+                                         ensure_multiple_of=8)
+    elif family == "depth_anything":
+        backbone = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
+                                image_size=28, patch_size=14, reshape_hidden_states=False,
+                                out_features=["stage1", "stage2", "stage3", "stage4"])
+        model = DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone, patch_size=14,
+                                                                    reassemble_hidden_size=16, **neck))
+        processor = DPTImageProcessorPil(size={"height": 28, "width": 28}, keep_aspect_ratio=True,
+                                         ensure_multiple_of=14, image_mean=[0.485, 0.456, 0.406],
+                                         image_std=[0.229, 0.224, 0.225])
+    else:
+        raise ValueError(f"family={family!r}: choose 'dpt' or 'depth_anything'")
+    randomise_weights(model, generator)
+    last_conv = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last_conv.bias.fill_(0.5)  # the head ends in a ReLU: keep most of a random map above zero
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -571,3 +572,23 @@ def test_face_dots_follow_the_largest_person(nodes):
     (drawn,) = nodes["RAIN_DrawPose"].draw(both, "face dots", SIZE, SIZE)
     (expected,) = nodes["RAIN_DrawPose"].draw(alone, "face dots", SIZE, SIZE)
     torch.testing.assert_close(drawn, expected)
+
+
+def test_depth_maps_through_the_memory_manager(env):
+    """RAIN Depth Maps in a host: the model folder from the user's models/rain path, its weights handed to the
+    memory manager, progress reported per batch."""
+    from rain.devtools import write_tiny_depth_model
+    host, pack = env
+    folder = write_tiny_depth_model(host.user_rain / "estimators" / "small_depth")
+    try:
+        cls = pack.NODE_CLASS_MAPPINGS["RAIN_DepthMaps"]
+        assert cls.INPUT_TYPES()["required"]["model"][0] == ["auto", "estimators/small_depth"]
+        loads_before = len(host.loads)
+        (maps,) = cls().estimate(torch.rand(5, SIZE, SIZE, 3), "estimators/small_depth", 0.9, 2, unique_id="7")
+        assert maps.shape == (5, SIZE, SIZE, 3) and 0 <= float(maps.min()) and float(maps.max()) == 1.0
+        assert host.loads[loads_before:] == [[("dpt,neck,head", True)]]
+        assert [entry[1:3] for entry in host.progress if entry[0] == "7"][-3:] == [(2, 5), (4, 5), (5, 5)]
+        with pytest.raises(FileNotFoundError, match="no depth estimator at .*depth_estimator"):
+            cls().estimate(torch.rand(1, SIZE, SIZE, 3), "auto", 0.9, 2)
+    finally:
+        shutil.rmtree(folder.parent)

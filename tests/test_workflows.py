@@ -204,6 +204,8 @@ def test_note_says_which_model_files_and_where(path):
     types = {n["type"] for n in data["nodes"]}
     if types & DWPOSE_NODES:
         assert "dwpose" in text and "yolox_l.onnx" in text and "dw-ll_ucoco_384.onnx" in text
+    if "RAIN_DepthMaps" in types:
+        assert "depth_estimator" in text and "preprocessor_config.json" in text
 
 
 def test_specific_workflows(pack):
@@ -218,6 +220,12 @@ def test_specific_workflows(pack):
             "RAIN_FuseReference", "RAIN_StreamSampler"} <= style_types
     style_note = "\n".join(n["widgets_values"][0] for n in style["nodes"] if n["type"] in FRONTEND_ONLY)
     assert "depth-trained" in style_note.lower()
+    # The depth maps come from the source video through our node, not from a second video made elsewhere.
+    assert [n["type"] for n in style["nodes"]].count("LoadVideo") == 1
+    style_nodes = {n["id"]: n for n in style["nodes"]}
+    depth = next(n for n in style["nodes"] if n["type"] == "RAIN_DepthMaps")
+    fed = {style_nodes[link[3]]["type"] for link in style["links"] if link[1] == depth["id"]}
+    assert fed == {"RAIN_StreamSampler", "ImageFromBatch"}   # the sampler's poses, the ControlNet's first map
     body = load(REPO / "workflows" / "rain_whole_body.json")
     body_nodes = {n["type"]: n for n in body["nodes"]}
     assert "RAIN_WholeBodyPose" in body_nodes

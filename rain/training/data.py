@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,10 @@ class Manifest:
     size: tuple[int, int]                       # (H, W) of frames and conditions
     clip_length: int                            # frames per clip (T)
     fps: float | None = None
-    shards: list[dict] = field(default_factory=list)    # {"file", "clips", "frames"}
+    shards: list[dict] = field(default_factory=list)    # {"file", "clips", "frames", "bytes"}
     sources: dict[str, dict] = field(default_factory=dict)  # source path -> {"status", "clips", "reason"}
+    preparation: dict = field(default_factory=dict)         # the options that made it (prepare-data resumes only
+                                                            # with the same ones)
     format: str = FORMAT
     version: int = VERSION
 
@@ -54,10 +57,15 @@ class Manifest:
     def frames(self) -> int:
         return sum(shard["frames"] for shard in self.shards)
 
+    @property
+    def bytes(self) -> int:
+        return sum(shard.get("bytes", 0) for shard in self.shards)
+
     def to_json(self) -> dict:
         return {"format": self.format, "version": self.version, "task": self.task, "size": list(self.size),
                 "clip_length": self.clip_length, "fps": self.fps, "clips": self.clips, "frames": self.frames,
-                "shards": self.shards, "sources": self.sources}
+                "bytes": self.bytes, "shards": self.shards, "sources": self.sources,
+                "preparation": self.preparation}
 
     @classmethod
     def read(cls, root: str | os.PathLike) -> "Manifest":
@@ -73,7 +81,8 @@ class Manifest:
             raise DatasetError(f"{path} is not a {FORMAT} v{VERSION} manifest (found {data.get('format')!r} "
                                f"v{data.get('version')}); prepare the dataset again with this version")
         return cls(task=data["task"], size=tuple(data["size"]), clip_length=int(data["clip_length"]),
-                   fps=data.get("fps"), shards=list(data["shards"]), sources=dict(data.get("sources", {})))
+                   fps=data.get("fps"), shards=list(data["shards"]), sources=dict(data.get("sources", {})),
+                   preparation=dict(data.get("preparation", {})))
 
     def write(self, root: str | os.PathLike) -> None:
         path = Path(root) / MANIFEST
@@ -83,12 +92,18 @@ class Manifest:
 
 
 class ShardWriter:
-    """Collects clips and writes them as shards of ``clips_per_shard``; call ``flush`` at the end of a source."""
+    """Collects clips and writes them as shards of ``clips_per_shard``; call ``flush`` at the end of a source.
 
-    def __init__(self, root: str | os.PathLike, manifest: Manifest, clips_per_shard: int = 64):
+    ``on_flush(records)`` is called with the written clips' records after a shard is in place and before the
+    manifest is rewritten, so bookkeeping it adds to the manifest (e.g. per-source progress) lands atomically
+    with the shard. Numbering continues after the manifest's shards, so a resumed preparation appends."""
+
+    def __init__(self, root: str | os.PathLike, manifest: Manifest, clips_per_shard: int = 64,
+                 on_flush: Callable[[list[dict]], None] | None = None):
         self.root = Path(root)
         self.manifest = manifest
         self.clips_per_shard = clips_per_shard
+        self.on_flush = on_flush
         self._tensors: dict[str, torch.Tensor] = {}
         self._records: list[dict] = []
         (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
@@ -116,7 +131,10 @@ class ShardWriter:
         save_file(self._tensors, str(partial), metadata={"clips": json.dumps(self._records)})
         os.replace(partial, path)
         self.manifest.shards.append({"file": name, "clips": len(self._records),
-                                     "frames": len(self._records) * self.manifest.clip_length})
+                                     "frames": len(self._records) * self.manifest.clip_length,
+                                     "bytes": path.stat().st_size})
+        if self.on_flush is not None:
+            self.on_flush(self._records)
         self.manifest.write(self.root)
         self._tensors, self._records = {}, []
 
