@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny-models", help="write reduced random weights (for trying the plumbing)")
     tiny.add_argument("models_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+
+    from .training import cli as training_cli
+    training_cli.add_parser(commands)
     return parser
 
 
@@ -190,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from .io import VideoIOError
     from .weights import WeightsError
+    from .training import cli as training_cli
     handlers = {"download": run_download, "convert": run_convert, "animate": run_animate,
-                "make-tiny-models": run_make_tiny_models}
+                "make-tiny-models": run_make_tiny_models, "train": training_cli.run}
     try:
         return handlers[args.command](args)
     except (WeightsError, VideoIOError, ValueError, FileNotFoundError) as error:
