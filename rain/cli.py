@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .training.commands import add_parsers as add_training_data_parsers
     add_training_data_parsers(commands, size_type=_size, models_dir_default=DEFAULT_MODELS_DIR)
+    from .training import cli as training_cli
+    training_cli.add_parser(commands)
     return parser
 
 
@@ -219,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     from .io import VideoIOError
     from .weights import WeightsError
     from .live.standalone import run as run_live
+    from .training import cli as training_cli
     from .training.commands import run_evaluate, run_prepare_data
     handlers = {"download": run_download, "convert": run_convert, "animate": run_animate,
                 "make-tiny-models": run_make_tiny_models, "live": run_live, "prepare-data": run_prepare_data,
-                "evaluate": run_evaluate}
+                "evaluate": run_evaluate, "train": training_cli.run}
     try:
         return handlers[args.command](args)
     except (WeightsError, VideoIOError, ValueError, FileNotFoundError) as error:

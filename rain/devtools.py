@@ -104,3 +104,20 @@ def write_tiny_depth_model(folder: str | Path, *, family: str = "dpt", seed: int
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def write_tiny_sd_unet(folder: str | Path, seed: int = 0) -> Path:
+    """A reduced sd-image-variations ``unet/`` folder (diffusers layout: config.json + safetensors) with the tiny
+    set's widths, for trying stage-1 training from an SD UNet without the 3.4 GB download."""
+    from diffusers import UNet2DConditionModel
+
+    config = json.loads(TINY_CONFIG.read_text())
+    widths = tuple(config["unet_block_out_channels"])
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, block_out_channels=widths, layers_per_block=2,
+        attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+        down_block_types=("CrossAttnDownBlock2D",) * (len(widths) - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(widths) - 1))
+    randomise_weights(unet, torch.Generator().manual_seed(seed))
+    unet.save_pretrained(str(folder), safe_serialization=True)
+    return Path(folder)

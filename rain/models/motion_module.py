@@ -101,14 +101,19 @@ class TemporalTransformer(nn.Module):
 
 class MotionModule(nn.Module):
     """Residual temporal transformer. ``strength`` scales the temporal branch: 1 is the released model;
-    lower values weaken frame-to-frame coupling (the paper's remedy for accumulated error, §6.1)."""
+    lower values weaken frame-to-frame coupling (the paper's remedy for accumulated error, §6.1).
+    ``enabled = False`` makes it the identity without computing the branch: image training (stage 1)
+    treats every frame as its own image, as the 2-D UNet the paper starts from does."""
 
     def __init__(self, channels: int, heads: int = 8, max_len: int = 32, num_blocks: int = 1):
         super().__init__()
         self.temporal_transformer = TemporalTransformer(channels, heads, max_len, num_blocks)
         self.strength = 1.0
+        self.enabled = True
 
     def forward(self, hidden: torch.Tensor, frames: int) -> torch.Tensor:
+        if not self.enabled:
+            return hidden
         branch = self.temporal_transformer(hidden, frames)
         if self.strength != 1.0:
             branch = branch * self.strength

@@ -43,6 +43,16 @@ FEATURE_ORDER = ("d00", "d01", "d10", "d11", "d20", "d21", "m",
                  "u10", "u11", "u12", "u20", "u21", "u22", "u30", "u31", "u32")
 
 
+def _for_every_frame(reference: torch.Tensor, batch_frames: int) -> torch.Tensor:
+    """[1, N, C] shared by every frame, or [B, N, C] (one per clip) repeated over each clip's frames."""
+    clips = reference.shape[0]
+    if clips == 1:
+        return reference.expand(batch_frames, -1, -1)
+    if batch_frames % clips:
+        raise ValueError(f"{clips} references for {batch_frames} frames: give one reference per clip")
+    return reference.repeat_interleave(batch_frames // clips, dim=0)
+
+
 class ReferenceAttnProcessor:
     """Self-attention processor for the denoiser's ``attn1`` that appends reference keys/values.
 
@@ -54,11 +64,16 @@ class ReferenceAttnProcessor:
         self._projected: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def set_reference(self, tokens: torch.Tensor | None) -> None:
-        """tokens [1, N, C] (several references: concatenated along N). Replaces any previous one."""
+        """tokens [1, N, C] (several references: concatenated along N), or [B, N, C] for a batch of B clips
+        whose frames are folded into the batch clip-major (training). Replaces any previous one."""
         self.reference = tokens
         self._projected = None
 
     def _reference_kv(self, attn, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled():
+            # Training: the projections change every step and gradients flow through them, so nothing is cached.
+            ref = self.reference.to(device=attn.to_k.weight.device, dtype=dtype)
+            return attn.to_k(ref), attn.to_v(ref)
         if self._projected is None or self._projected[0].dtype != dtype:
             ref = self.reference.to(device=attn.to_k.weight.device, dtype=dtype)
             self._projected = (attn.to_k(ref), attn.to_v(ref))
@@ -72,8 +87,8 @@ class ReferenceAttnProcessor:
         value = attn.to_v(hidden_states)
         if self.reference is not None:
             ref_key, ref_value = self._reference_kv(attn, key.dtype)
-            key = torch.cat([key, ref_key.expand(batch, -1, -1)], dim=1)
-            value = torch.cat([value, ref_value.expand(batch, -1, -1)], dim=1)
+            key = torch.cat([key, _for_every_frame(ref_key, batch)], dim=1)
+            value = torch.cat([value, _for_every_frame(ref_value, batch)], dim=1)
 
         heads = attn.heads
 
@@ -91,13 +106,13 @@ class ReferenceRecorder:
     class _Done(Exception):
         """Raised after the last feature is recorded: the rest of the reference UNet is dead compute."""
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, stop: bool = True):
         self.features: dict[str, torch.Tensor] = {}
         self._handles = []
         blocks = reference_blocks(unet)
         last = next(reversed(blocks))
         for name, block in blocks.items():
-            self._handles.append(block.norm1.register_forward_hook(self._recorder(name, stop=name == last)))
+            self._handles.append(block.norm1.register_forward_hook(self._recorder(name, stop=stop and name == last)))
 
     def _recorder(self, name: str, stop: bool):
         def hook(module, inputs, output):

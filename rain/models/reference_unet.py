@@ -41,3 +41,25 @@ class ReferenceUNet(UNet2DConditionModel):
         finally:
             recorder.remove()
         return recorder.features
+
+    def reference_features_for_training(self, latent: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``reference_features`` with gradients, for training the reference UNet.
+
+        The forward stops after the last up block instead of inside it: the early stop above raises from a
+        transformer block, which gradient checkpointing would run again during the backward pass.
+        """
+        recorder = ReferenceRecorder(self, stop=False)
+        stop = self.up_blocks[-1].register_forward_hook(_stop_forward)
+        try:
+            timestep = torch.zeros(1, device=latent.device, dtype=latent.dtype)
+            super().forward(latent, timestep, encoder_hidden_states=context)
+        except ReferenceRecorder._Done:
+            pass
+        finally:
+            stop.remove()
+            recorder.remove()
+        return recorder.features
+
+
+def _stop_forward(module, inputs, output):
+    raise ReferenceRecorder._Done()

@@ -14,6 +14,7 @@ from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .motion_module import MotionModule
 from .reference_attention import ReferenceAttnProcessor, reference_blocks
@@ -80,6 +81,14 @@ def _motion(config: UNetConfig, channels: int) -> MotionModule:
     return MotionModule(channels, heads=config.motion_heads, max_len=config.motion_max_len)
 
 
+def _run(layer: nn.Module, *args):
+    """Call a resnet or motion module, recomputing its activations in the backward pass when training
+    with gradient checkpointing (``VideoUNet.enable_gradient_checkpointing``)."""
+    if getattr(layer, "gradient_checkpointing", False) and torch.is_grad_enabled():
+        return checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
+
+
 class VideoDownBlock(nn.Module):
     def __init__(self, config: UNetConfig, in_channels: int, out_channels: int, with_attention: bool,
                  add_downsample: bool):
@@ -99,10 +108,10 @@ class VideoDownBlock(nn.Module):
     def forward(self, hidden, temb, context, frames):
         skips = []
         for i, (resnet, motion) in enumerate(zip(self.resnets, self.motion_modules)):
-            hidden = resnet(hidden, temb)
+            hidden = _run(resnet, hidden, temb)
             if self.with_attention:
                 hidden = self.attentions[i](hidden, encoder_hidden_states=context, return_dict=False)[0]
-            hidden = motion(hidden, frames)
+            hidden = _run(motion, hidden, frames)
             skips.append(hidden)
         if self.add_downsample:
             hidden = self.downsamplers[0](hidden)
@@ -132,10 +141,10 @@ class VideoUpBlock(nn.Module):
     def forward(self, hidden, skips, temb, context, frames, upsample_size=None):
         for i, (resnet, motion) in enumerate(zip(self.resnets, self.motion_modules)):
             hidden = torch.cat([hidden, skips.pop()], dim=1)
-            hidden = resnet(hidden, temb)
+            hidden = _run(resnet, hidden, temb)
             if self.with_attention:
                 hidden = self.attentions[i](hidden, encoder_hidden_states=context, return_dict=False)[0]
-            hidden = motion(hidden, frames)
+            hidden = _run(motion, hidden, frames)
         if self.add_upsample:
             hidden = self.upsamplers[0](hidden, upsample_size)
         return hidden
@@ -149,15 +158,15 @@ class VideoMidBlock(nn.Module):
         self.motion_modules = nn.ModuleList([_motion(config, channels)])
 
     def forward(self, hidden, temb, context, frames):
-        hidden = self.resnets[0](hidden, temb)
+        hidden = _run(self.resnets[0], hidden, temb)
         hidden = self.attentions[0](hidden, encoder_hidden_states=context, return_dict=False)[0]
-        hidden = self.motion_modules[0](hidden, frames)
-        return self.resnets[1](hidden, temb)
+        hidden = _run(self.motion_modules[0], hidden, frames)
+        return _run(self.resnets[1], hidden, temb)
 
 
 class VideoUNet(nn.Module):
     """forward(sample [B,4,F,h,w], timesteps [B,F] | [B] | scalar, context [B,1,768],
-    pose_features [B,C0,F,h,w] | None, guidance_embedding [1,512] | None) → v-prediction [B,4,F,h,w]."""
+    pose_features [B,C0,F,h,w] | None, guidance_embedding [1,512] | [B,512] | None) → v-prediction [B,4,F,h,w]."""
 
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
@@ -207,6 +216,25 @@ class VideoUNet(nn.Module):
             if isinstance(module, MotionModule):
                 module.strength = float(strength)
 
+    # -- training controls --------------------------------------------------------------------------------
+    def set_motion_modules_enabled(self, enabled: bool) -> None:
+        """False: every motion module is the identity (image training and 2-D distillation)."""
+        for module in self.modules():
+            if isinstance(module, MotionModule):
+                module.enabled = bool(enabled)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute activations of every resnet, spatial transformer block and motion module in the backward
+        pass instead of keeping them (training only; inference runs without gradients and is unaffected)."""
+        for module in self.modules():
+            if isinstance(module, Transformer2DModel):
+                if enabled:
+                    module.enable_gradient_checkpointing()
+                else:
+                    module.disable_gradient_checkpointing()
+            elif isinstance(module, (ResnetBlock2D, MotionModule)):
+                module.gradient_checkpointing = bool(enabled)
+
     # -- forward ----------------------------------------------------------------------------------------
     def time_embeddings(self, timesteps: torch.Tensor, batch: int, frames: int,
                         guidance_embedding: torch.Tensor | None) -> torch.Tensor:
@@ -219,7 +247,11 @@ class VideoUNet(nn.Module):
         sinusoid = self.time_proj(timesteps.reshape(-1)).to(self.conv_in.weight.dtype)
         condition = None
         if guidance_embedding is not None and self.time_embedding.cond_proj is not None:
-            condition = guidance_embedding.to(sinusoid.dtype).expand(sinusoid.shape[0], -1)
+            condition = guidance_embedding.to(sinusoid.dtype)
+            if condition.shape[0] == batch > 1:
+                # One guidance scale per clip (distillation samples w per clip): repeat it over the clip's frames.
+                condition = condition.repeat_interleave(frames, dim=0)
+            condition = condition.expand(sinusoid.shape[0], -1)
         return self.time_embedding(sinusoid, condition)
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
