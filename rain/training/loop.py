@@ -274,6 +274,10 @@ class _Preview:
         return path
 
     def _tensorboard(self):
+        # Without TensorBoard installed, Accelerate hands back a blank tracker that has no add_image.
+        if not any(getattr(t, "name", None) == "tensorboard" for t in self.accelerator.trackers):
+            return None
         with contextlib.suppress(Exception):
-            return self.accelerator.get_tracker("tensorboard", unwrap=True)
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            return writer if hasattr(writer, "add_image") else None
         return None
