@@ -10,10 +10,32 @@
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_MODELS_DIR = "models"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default: appended as ArgumentDefaultsHelpFormatter does, unless the help already
+    says it in words (options whose default is computed say what it is)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.default is False and action.nargs == 0:
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text  # a test holds such options to saying their default in words
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)command parser: defaults shown in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -29,68 +51,72 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rain", description="RAIN: real-time character animation.")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m rain", description="RAIN: real-time character animation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print progress details (INFO log)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                     title="commands", metavar="COMMAND")
 
     download = commands.add_parser("download", help="fetch the released weights into a models folder (resumable)")
-    download.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
+    download.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="the models folder to fill")
     download.add_argument("--only", nargs="+", metavar="GROUP",
                           help="groups or model names: rain taesdv vae image_encoder dwpose (default: all)")
     download.add_argument("--dwpose", action="store_true", help="only the DWPose ONNX files")
     download.add_argument("--force", action="store_true", help="download again even if present")
 
     convert = commands.add_parser("convert", help="write .safetensors copies of .pth checkpoints")
-    convert.add_argument("paths", nargs="+", type=Path)
+    convert.add_argument("paths", nargs="+", type=Path, help=".pth/.bin checkpoints to convert")
     convert.add_argument("--fp16", action="store_true", help="store floating tensors as float16")
-    convert.add_argument("--overwrite", action="store_true")
+    convert.add_argument("--overwrite", action="store_true", help="replace existing .safetensors copies")
 
     animate = commands.add_parser("animate", help="reference image + driving video → output video")
-    animate.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
-    animate.add_argument("--reference", required=True, type=Path, help="the character image (any size/mode)")
+    animate.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="the models folder (see README)")
+    animate.add_argument("--reference", required=True, type=Path,
+                         help="the character image (any size ≥ 32 px and mode; stretched to the frame size)")
     animate.add_argument("--driving", required=True, type=Path,
                          help="a video (or image folder) of pose images, or a raw video with --task face/body")
-    animate.add_argument("-o", "--output", required=True, type=Path, help=".mp4 .mkv .webm .gif or a folder (PNGs)")
+    animate.add_argument("-o", "--output", required=True, type=Path,
+                         help=".mp4 .mkv .webm .mov .gif, or a folder (PNGs); written as NAME.partial.EXT until "
+                              "complete")
     animate.add_argument("--task", choices=("pose", "face", "body"), default="pose",
                          help="pose: the driving video already shows pose images; face/body: detect with DWPose")
     animate.add_argument("--size", type=_size, default=None,
-                         help="output size N or WxH, multiples of 8 (default: the driving video's size rounded "
-                              "down to multiples of 8, or 512 with --task face/body)")
-    animate.add_argument("--fps", type=float, default=None, help="resample the driving video to this rate")
+                         help="output size N or WxH, multiples of 8 (default: the size the models declare, else "
+                              "the driving video's size rounded down to multiples of 8, or 512 with "
+                              "--task face/body)")
+    animate.add_argument("--fps", type=float, default=None,
+                         help="resample the driving video to this rate (default: its own rate; a variable-rate "
+                              "video is resampled to its average rate)")
     animate.add_argument("--start", type=int, default=0, help="skip this many driving frames")
-    animate.add_argument("--max-frames", type=int, default=None)
+    animate.add_argument("--max-frames", type=int, default=None,
+                         help="stop after this many frames (default: every frame)")
     animate.add_argument("--crop", type=float, default=None,
                          help="--task face/body: centre-square crop keeping this fraction of the short side "
                               "(the demo's 0.9); default: stretch the frame like the official batch example")
     animate.add_argument("--missing", choices=("hold", "blank"), default="hold",
                          help="frames without a face: repeat the last landmarks or draw nothing")
-    animate.add_argument("--guidance", type=float, default=2.5)
-    animate.add_argument("--seed", type=int, default=42)
-    animate.add_argument("--frames-per-group", type=int, default=4)
-    animate.add_argument("--groups", type=int, default=4)
-    animate.add_argument("--steps-per-group", type=int, default=1)
+    animate.add_argument("--guidance", type=float, default=2.5, help="LCM guidance embedding w")
+    animate.add_argument("--seed", type=int, default=42, help="noise seed")
+    animate.add_argument("--frames-per-group", type=int, default=4, help="frames that share a noise level")
+    animate.add_argument("--groups", type=int, default=4, help="noise levels in the window")
+    animate.add_argument("--steps-per-group", type=int, default=1, help="LCM steps per level")
     animate.add_argument("--temporal-strength", type=float, default=1.0,
                          help="scale of the motion modules' contribution (1 = as trained)")
-    animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
+    animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv",
+                         help="taesdv: tiny temporal decoder (fast); vae: the SD VAE (slower, sharper)")
     animate.add_argument("--device", default=None, help="cuda, cpu, cuda:1 … (default: cuda when available)")
     animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
                          help="default: fp16 on CUDA, fp32 on CPU")
-    animate.add_argument("--vae", type=Path, default=None, help="a VAE folder or single file to use instead")
-    animate.add_argument("--image-encoder", type=Path, default=None, help="a CLIP vision folder or file to use")
+    animate.add_argument("--vae", type=Path, default=None,
+                         help="a VAE folder or single file to use instead (default: MODELS_DIR/sd-vae-ft-mse)")
+    animate.add_argument("--image-encoder", type=Path, default=None,
+                         help="a CLIP vision folder or file to use instead (default: MODELS_DIR/image_encoder)")
     animate.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
 
-    tiny = commands.add_parser("make-tiny-models", help="write reduced random weights (for trying the plumbing)")
-    tiny.add_argument("models_dir", type=Path)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny = commands.add_parser("make-tiny-models",
+                               help="write reduced random weights and DWPose stand-ins (for trying the plumbing)")
+    tiny.add_argument("models_dir", type=Path, help="the folder to fill (e.g. ComfyUI/models/rain)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     return parser
-
-
-def _device_and_dtype(device: str | None, dtype: str | None):
-    import torch
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = "fp32" if device == "cpu" else "fp16"
-    return device, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
 
 
 def run_download(args) -> int:
@@ -121,91 +147,54 @@ def run_convert(args) -> int:
     return 2 if failed else 0
 
 
-def _driving_frames(args, size):
-    """The pose images to animate, lazily: straight from the file, or through detection + rendering."""
-    from .io import read_frames
-    if args.task == "pose":
-        return read_frames(args.driving, size=size, fps=args.fps, start=args.start, max_frames=args.max_frames), None
-    from .pose.driving import pose_frames
-    from .pose.dwpose import DWPoseDetector
-    from .pose.face_tracking import PoseStats
-    detector = DWPoseDetector.from_models_dir(args.models_dir)
-    stats = PoseStats()
-    raw = read_frames(args.driving, fps=args.fps, start=args.start, max_frames=args.max_frames)
-    return pose_frames(raw, task=args.task, detector=detector, size=size, missing=args.missing, crop=args.crop,
-                       stats=stats), stats
-
-
 def run_animate(args) -> int:
-    from PIL import Image
-    from tqdm import tqdm
-
-    from .io import VideoWriter, frames_total, probe
-    from .pipeline import RainPipeline, check_size
-    from .sampling.stream import StreamSettings
-
-    if not args.reference.is_file():
-        raise SystemExit(f"reference image not found: {args.reference}")
-    info = probe(args.driving)
-    if args.size is not None:
-        size = args.size
-    elif args.task == "pose":
-        size = (max(64, info.height - info.height % 8), max(64, info.width - info.width % 8))
-    else:
-        size = (512, 512)
-    check_size(*size)
-    settings = StreamSettings(frames_per_group=args.frames_per_group, num_groups=args.groups,
-                              steps_per_group=args.steps_per_group, guidance_scale=args.guidance, seed=args.seed,
-                              decoder=args.decoder, temporal_strength=args.temporal_strength)
-    device, dtype = _device_and_dtype(args.device, args.dtype)
-    started = time.perf_counter()
-    pipe = RainPipeline.from_models_dir(args.models_dir, device=device, dtype=dtype, vae_path=args.vae,
-                                        image_encoder_path=args.image_encoder,
-                                        decoders=(args.decoder,))
-    reference = pipe.fuse_reference(Image.open(args.reference), *size)
-    logging.info("models loaded and reference fused in %.1f s", time.perf_counter() - started)
-
-    poses, stats = _driving_frames(args, size)
-    total = frames_total(info, args.fps)
-    if total:
-        total = max(0, total - args.start)
-        total = min(total, args.max_frames) if args.max_frames else total
-    fps = args.fps or info.fps or 16
-    audio = None if args.no_audio or not info.has_audio else args.driving
-    written = 0
-    with VideoWriter(args.output, fps, audio_from=audio, audio_start=args.start / fps) as writer, \
-            tqdm(total=total or None, unit="frame", desc="animating") as bar:
-        # Frames are written as they come out, so an interrupted render leaves a playable file.
-        for frame in pipe.stream(poses, reference, settings):
-            writer.write(frame)
-            written += 1
-            bar.update(1)
-    elapsed = time.perf_counter() - started
-    print(f"wrote {written} frames to {args.output} ({elapsed:.1f} s, {written / max(elapsed, 1e-9):.2f} frames/s)")
-    if stats is not None:
-        print(stats.summary())
+    from .animate import load_pipeline, prepare_job, render, summary_lines
+    job = prepare_job(args)             # every check that needs no model
+    pipe, reference = load_pipeline(job)
+    report = render(job, pipe, reference)
+    for line in summary_lines(job, report):
+        print(line)
     return 0
 
 
 def run_make_tiny_models(args) -> int:
-    from .devtools import write_tiny_models
-    path = write_tiny_models(args.models_dir, seed=args.seed)
-    print(f"wrote reduced random models to {path} (frames must be multiples of 8, e.g. 64x64)")
+    from . import devtools
+    from .model_set import read_declaration
+    from .weights import find_weight
+
+    folder = args.models_dir
+    denoiser = find_weight(folder, "motion_unet") if folder.is_dir() else None
+    if denoiser is not None and read_declaration(denoiser) is None:
+        raise FileExistsError(f"{folder} already holds {denoiser.name}, which make-tiny-models did not write "
+                              f"(real weights?); nothing was changed. Give an empty folder instead.")
+    path = devtools.write_tiny_models(folder, seed=args.seed)
+    devtools.write_tiny_declaration(path)
+    devtools.write_tiny_task_sets(path)
+    devtools.write_tiny_readme(path)
+    try:
+        devtools.write_tiny_dwpose(path)
+    except ImportError:
+        print("DWPose stand-ins skipped: they are built with the onnx package (python -m pip install onnx); "
+              "--task face/body and the landmark nodes need them", file=sys.stderr)
+    height, width = devtools.TINY_NATIVE_SIZE
+    print(f"wrote reduced random models and DWPose stand-ins to {path} (see {devtools.README_NAME} there); "
+          f"they render {width}×{height} structured noise that follows the pose")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from .animate import RenderFailed
     from .io import VideoIOError
     from .weights import WeightsError
     handlers = {"download": run_download, "convert": run_convert, "animate": run_animate,
                 "make-tiny-models": run_make_tiny_models}
     try:
         return handlers[args.command](args)
-    except (WeightsError, VideoIOError, ValueError, FileNotFoundError) as error:
+    except (WeightsError, VideoIOError, ValueError, FileNotFoundError, FileExistsError, RenderFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the frames written so far are in the output file", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        print(f"interrupted{': ' + str(error) if str(error) else ''}", file=sys.stderr)
         return 130

@@ -132,3 +132,70 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
     save_folder(build_image_encoder(config["image_encoder"]), "image_encoder", "model.safetensors",
                 config["image_encoder"])
     return models_dir
+
+
+# -- what make-tiny-models writes besides the weights (one function per item) ----------------------------------
+#: Subfolders the shipped workflows pick for checkpoints trained on other pose images (whole body, depth).
+TASK_SETS = ("body", "depth")
+SET_FILES = ("motion_unet.pth", "pose_guider.pth", "reference_unet.pth")
+README_NAME = "README.txt"
+
+
+def write_tiny_declaration(models_dir: str | Path) -> Path:
+    """``rain_model_set.json`` next to the tiny denoiser: native size and "reduced random weights", so the
+    nodes and the CLI run the set at the size it is meant for whatever a workflow asks (``rain.model_set``)."""
+    from .model_set import write_declaration
+    return write_declaration(Path(models_dir) / "motion_unet.pth", native_size=TINY_NATIVE_SIZE,
+                             reduced_random_weights=True)
+
+
+def write_tiny_task_sets(models_dir: str | Path, names: tuple[str, ...] = TASK_SETS) -> list[Path]:
+    """``body/`` and ``depth/`` sets (the files the whole-body and style-transfer workflows pick), sharing the
+    tiny weights (hard links where the file system allows, copies otherwise) and the declaration."""
+    import os
+    import shutil
+    models_dir = Path(models_dir)
+    folders = []
+    for name in names:
+        folder = models_dir / name
+        folder.mkdir(exist_ok=True)
+        for file in SET_FILES:
+            target = folder / file
+            target.unlink(missing_ok=True)
+            try:
+                os.link(models_dir / file, target)
+            except OSError:
+                shutil.copy2(models_dir / file, target)
+        write_tiny_declaration(folder)
+        folders.append(folder)
+    return folders
+
+
+def write_tiny_dwpose(models_dir: str | Path) -> list[Path]:
+    """``dwpose/yolox_l.onnx`` and ``dwpose/dw-ll_ucoco_384.onnx``: stand-ins under the real names that report
+    one made-up upper-body person in every frame (``rain.pose.stand_in_models``); needs the onnx package."""
+    from .pose.stand_in_models import write_dwpose_stand_ins
+    return write_dwpose_stand_ins(models_dir)
+
+
+def write_tiny_readme(models_dir: str | Path) -> Path:
+    """A README.txt in the folder saying what its files are, for whoever finds it later."""
+    text = f"""These are NOT the RAIN weights. They were written by `python -m rain make-tiny-models` to try the
+pack end to end without downloading ~10 GB:
+
+* motion_unet.pth, reference_unet.pth, pose_guider.pth, taesdv.pth, sd-vae-ft-mse/, image_encoder/:
+  the released files' layout with reduced widths and random weights (shaped so the output is mid-grey
+  structured noise that follows the pose image, not a picture of the character);
+* {', '.join(f'{name}/' for name in TASK_SETS)}: the same weights under the names the whole-body and
+  style-transfer workflows pick (body/motion_unet.pth, depth/motion_unet.pth);
+* rain_model_set.json: declares the set's native frame size ({TINY_NATIVE_SIZE[1]}×{TINY_NATIVE_SIZE[0]}); the
+  nodes and `python -m rain animate` render at that size whatever the workflow asks, and say so;
+* dwpose/yolox_l.onnx, dwpose/dw-ll_ucoco_384.onnx: stand-ins under the real DWPose names that ignore the
+  picture and report the same made-up upper-body person in every frame.
+
+For the real models: delete this folder's contents and run
+    python -m rain download --models-dir {Path(models_dir).resolve()}
+"""
+    path = Path(models_dir) / README_NAME
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -162,7 +162,7 @@ def tiny_models(tmp_path_factory) -> Path:
 
 
 def sample_face():
-    spec = importlib.util.spec_from_file_location("rain_test_sample_face", REPO / "nodes" / "sample_face.py")
+    spec = importlib.util.spec_from_file_location("rain_test_sample_face", REPO / "rain" / "pose" / "sample_face.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.SAMPLE_FACE
