@@ -116,29 +116,28 @@ def _driving_timing(args):
 
 
 def frame_size(args: Namespace, info, notes: list[str]) -> tuple[int, int]:
-    """(height, width): --size, else the model set's declared native size, else the driving video's size
-    (pose task) or 512×512 (detection tasks)."""
+    """(height, width): --size; else the driving video's size rounded down to multiples of 8 (pose task) or
+    512×512 (detection tasks), fitted to the size the model set declares when it declares one."""
     from . import weights
     from .model_set import read_declaration
 
     declaration = read_declaration(weights.find_weight(args.models_dir, "motion_unet"))
-    native = declaration.native_size if declaration is not None else None
     if declaration is not None and declaration.reduced_random_weights:
-        log.warning("%s: reduced random weights (make-tiny-models); the output is structured noise that follows "
-                    "the pose, not the character", args.models_dir)
+        log.warning("%s holds reduced random weights (make-tiny-models): the output is structured noise that "
+                    "follows the pose, not the character", args.models_dir)
     if args.size is not None:
-        if native is not None and tuple(args.size) != native:
-            log.warning("rendering at --size %d×%d; the models in %s declare %s as their size (%s)",
-                        args.size[1], args.size[0], args.models_dir, declaration.describe_size(),
-                        declaration.path)
         return tuple(args.size)
-    if native is not None:
-        log.warning("rendering at %s, the size the models in %s declare (%s); --size overrides it",
-                    declaration.describe_size(), args.models_dir, declaration.path.name)
-        return native
     if args.task == "pose":
-        return max(64, info.height - info.height % 8), max(64, info.width - info.width % 8)
-    return 512, 512
+        requested = max(64, info.height - info.height % 8), max(64, info.width - info.width % 8)
+    else:
+        requested = 512, 512
+    if declaration is None:
+        return requested
+    size = declaration.fit(*requested)
+    if size != requested:
+        log.warning("rendering at %d×%d: the models in %s declare %s as their size (%s); --size overrides it",
+                    size[1], size[0], args.models_dir, declaration.describe_size(), declaration.path.name)
+    return size
 
 
 def _rates(args, info, timing, notes: list[str]) -> tuple[float, float | None]:

@@ -6,8 +6,8 @@ random weights, so the CLI and the nodes can follow it instead of the sizes a wo
     {"native_size": {"width": 128, "height": 128}, "reduced_random_weights": true,
      "denoiser": {"file": "motion_unet.pth", "bytes": 40247008}}
 
-``native_size``: the frame size the set is meant to run at; a different request is resized to it (and
-said so). ``reduced_random_weights``: the weights are random stand-ins, their output is structured noise.
+``native_size``: the frame size the set is meant to run at; a request of another size is scaled to about
+that many pixels, keeping its aspect (``fit``), and said so. ``reduced_random_weights``: the weights are random stand-ins, their output is structured noise.
 ``denoiser``: the file described; when real weights replace it, the declaration no longer applies and is
 ignored (with a warning), so it can never shrink a real model's frames.
 """
@@ -37,6 +37,21 @@ class ModelSetDeclaration:
 
     def describe_size(self) -> str:
         return "" if self.native_size is None else f"{self.native_size[1]}×{self.native_size[0]}"
+
+    def fit(self, height: int, width: int) -> tuple[int, int]:
+        """The frame size to render for a request of ``height``×``width``: the request when there is no native
+        size; else about the native size's pixel count at the request's aspect (a portrait request stays
+        portrait), sides multiples of 8 and at least 64."""
+        if self.native_size is None:
+            return int(height), int(width)
+        native_h, native_w = self.native_size
+        if height * native_w == width * native_h:
+            return native_h, native_w
+        scale = ((native_h * native_w) / (height * width)) ** 0.5
+
+        def side(value: float) -> int:
+            return max(64, int(round(value * scale / 8)) * 8)
+        return side(height), side(width)
 
 
 def declaration_path(denoiser: str | os.PathLike) -> Path:
