@@ -155,12 +155,11 @@ def _rates(args, info, timing, notes: list[str]) -> tuple[float, float | None]:
 
 def _expected_frames(args, info, timing, resample, notes: list[str]) -> tuple[int | None, bool]:
     """How many pose frames the driving source gives after --start/--max-frames, and whether that is exact."""
+    if timing is not None and timing.cut_short:
+        notes.append(f"{args.driving} {timing.describe_shortfall()}: it was probably cut off (an interrupted "
+                     f"download or recording); animating the frames there are")
     if timing is not None and resample is None:
         available, exact = timing.frames, True
-        if timing.cut_short:
-            notes.append(f"{args.driving} holds {timing.frames} frames but its header announces "
-                         f"{timing.header_frames}: it was probably cut off (an interrupted download or "
-                         f"recording); animating the {timing.frames} frames there are")
     elif timing is not None and timing.duration:
         available, exact = max(1, math.ceil(timing.duration * resample - 1e-6)), False
     else:

@@ -86,6 +86,8 @@ class AtomicOutput:
         if root.exists():
             log.info("replacing %s, left by an earlier run that did not finish", root)
             _remove(root)
+        if is_folder_output(self.final) and not is_png_pattern(self.final):
+            root.mkdir(parents=True)  # an existing folder is a PNG sequence to VideoWriter, whatever its name
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:

@@ -24,6 +24,7 @@ VARIABLE_GAP_TOLERANCE = 0.2
 class VideoTiming:
     frames: int                    # frames in the file (packets with data)
     header_frames: int | None      # what the header announces, None when it does not say
+    header_duration: float | None  # seconds the header announces
     duration: float | None         # seconds from the first frame's start to the last one's end
     average_fps: float | None      # frames per second over that duration
     variable: bool                 # frame gaps vary (variable frame rate)
@@ -32,7 +33,22 @@ class VideoTiming:
 
     @property
     def cut_short(self) -> bool:
-        return bool(self.header_frames) and self.frames < self.header_frames
+        """The file holds less than its header announces (frames, or over two frames' worth of time)."""
+        if self.header_frames:
+            return self.frames < self.header_frames
+        if self.header_duration and self.duration and self.average_fps:
+            return self.duration < self.header_duration - 2 / self.average_fps
+        return False
+
+    def describe_shortfall(self) -> str:
+        """'holds 24 frames (1.5 s) but its header announces 60 frames (3.8 s)'."""
+        held = f"{self.frames} frames" + (f" ({self.duration:.1f} s)" if self.duration else "")
+        announced = []
+        if self.header_frames:
+            announced.append(f"{self.header_frames} frames")
+        if self.header_duration:
+            announced.append(f"{self.header_duration:.1f} s")
+        return f"holds {held} but its header announces {' / '.join(announced)}"
 
     def describe_gaps(self) -> str:
         return f"frames {1000 * self.shortest_gap:.0f}–{1000 * self.longest_gap:.0f} ms apart"
@@ -44,6 +60,12 @@ def scan_timing(path: str | os.PathLike) -> VideoTiming:
     with _open_container(path) as container:
         stream = _video_stream(container, path)
         header = int(stream.frames) or None
+        if stream.duration is not None and stream.time_base is not None:
+            header_duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            header_duration = container.duration / av.time_base
+        else:
+            header_duration = None
         times: list[Fraction] = []
         durations: list[Fraction] = []
         count = 0
@@ -61,15 +83,15 @@ def scan_timing(path: str | os.PathLike) -> VideoTiming:
     if count == 0:
         raise VideoIOError(f"{path}: the video has no frames.")
     if len(times) < 2:
-        return VideoTiming(count, header, None, None, False)
+        return VideoTiming(count, header, header_duration, None, None, False)
     order = sorted(range(len(times)), key=times.__getitem__)
     ordered = [times[i] for i in order]
     gaps = [b - a for a, b in zip(ordered, ordered[1:]) if b > a]
     if not gaps:
-        return VideoTiming(count, header, None, None, False)
+        return VideoTiming(count, header, header_duration, None, None, False)
     typical = sorted(gaps)[len(gaps) // 2]
     last_duration = durations[order[-1]] or typical
     duration = float(ordered[-1] - ordered[0] + last_duration)
     variable = any(abs(gap - typical) > VARIABLE_GAP_TOLERANCE * typical for gap in gaps)
-    return VideoTiming(count, header, duration, count / duration if duration > 0 else None, variable,
-                       float(min(gaps)), float(max(gaps)))
+    return VideoTiming(count, header, header_duration, duration, count / duration if duration > 0 else None,
+                       variable, float(min(gaps)), float(max(gaps)))
