@@ -185,17 +185,13 @@ def test_missing_dwpose_message_downloads_where_it_looks(tmp_path, monkeypatch):
 
 
 # -- the stream benchmark -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("frames", ["5", "16"])
-def test_bench_stream_reports_warm_up_and_steady_state_without_dividing_by_zero(frames):
+def test_bench_stream_reports_warm_up_and_steady_state_without_dividing_by_zero():
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "bench/bench_stream.py", "--frames", frames, "--size", "64"], cwd=root,
+    # 12 frames: the window is full but nothing has come out yet (this crashed with ZeroDivisionError).
+    result = subprocess.run([sys.executable, "bench/bench_stream.py", "--frames", "12", "--size", "64"], cwd=root,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "warm-up:" in result.stdout
-    if frames == "5":
-        assert "no frame out yet" in result.stdout
-    else:
-        assert "first 4 frames out" in result.stdout and "steady state: not reached" in result.stdout
+    assert "warm-up: no frame out yet" in result.stdout and "no steady-state rate" in result.stdout
