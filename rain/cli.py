@@ -30,12 +30,40 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+#: Help for the options several commands share, used where a command adds one without its own text.
+COMMON_HELP = {
+    "--models-dir": "the models folder (see README)",
+    "--reference": "the character image",
+    "--size": "frame size N or WxH, multiples of 8",
+    "--crop": "centre-square crop keeping this fraction of the short side",
+    "--missing": "frames without a face: repeat the last landmarks or draw nothing",
+    "--frames-per-group": "frames that share a noise level",
+    "--groups": "noise levels in the window",
+    "--steps-per-group": "LCM steps per level",
+    "--guidance": "LCM guidance embedding w",
+    "--seed": "noise seed",
+    "--temporal-strength": "scale of the motion modules' contribution (1 = as trained)",
+    "--decoder": "taesdv: tiny temporal decoder (fast); vae: the SD VAE (slower, sharper)",
+    "--device": "cuda, cpu, cuda:1 … (default: cuda when available)",
+    "--dtype": "default: fp16 on CUDA, fp32 on CPU",
+    "--vae": "a VAE folder or single file to use instead (default: MODELS_DIR/sd-vae-ft-mse)",
+    "--image-encoder": "a CLIP vision folder or file to use instead (default: MODELS_DIR/image_encoder)",
+}
+
+
 class Parser(argparse.ArgumentParser):
-    """Every (sub)command parser: defaults shown in --help."""
+    """Every (sub)command parser: defaults shown in --help, shared options explained once (``COMMON_HELP``)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        if not kwargs.get("help"):
+            shared = next((COMMON_HELP[n] for n in names if n in COMMON_HELP), None)
+            if shared is not None:
+                kwargs["help"] = shared
+        return super().add_argument(*names, **kwargs)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -69,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace existing .safetensors copies")
 
     animate = commands.add_parser("animate", help="reference image + driving video → output video")
-    animate.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="the models folder (see README)")
+    animate.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
     animate.add_argument("--reference", required=True, type=Path,
                          help="the character image (any size ≥ 32 px and mode; stretched to the frame size)")
     animate.add_argument("--driving", required=True, type=Path,
@@ -94,22 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "(the demo's 0.9); default: stretch the frame like the official batch example")
     animate.add_argument("--missing", choices=("hold", "blank"), default="hold",
                          help="frames without a face: repeat the last landmarks or draw nothing")
-    animate.add_argument("--guidance", type=float, default=2.5, help="LCM guidance embedding w")
-    animate.add_argument("--seed", type=int, default=42, help="noise seed")
-    animate.add_argument("--frames-per-group", type=int, default=4, help="frames that share a noise level")
-    animate.add_argument("--groups", type=int, default=4, help="noise levels in the window")
-    animate.add_argument("--steps-per-group", type=int, default=1, help="LCM steps per level")
-    animate.add_argument("--temporal-strength", type=float, default=1.0,
-                         help="scale of the motion modules' contribution (1 = as trained)")
-    animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv",
-                         help="taesdv: tiny temporal decoder (fast); vae: the SD VAE (slower, sharper)")
-    animate.add_argument("--device", default=None, help="cuda, cpu, cuda:1 … (default: cuda when available)")
-    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
-                         help="default: fp16 on CUDA, fp32 on CPU")
-    animate.add_argument("--vae", type=Path, default=None,
-                         help="a VAE folder or single file to use instead (default: MODELS_DIR/sd-vae-ft-mse)")
-    animate.add_argument("--image-encoder", type=Path, default=None,
-                         help="a CLIP vision folder or file to use instead (default: MODELS_DIR/image_encoder)")
+    animate.add_argument("--guidance", type=float, default=2.5)
+    animate.add_argument("--seed", type=int, default=42)
+    animate.add_argument("--frames-per-group", type=int, default=4)
+    animate.add_argument("--groups", type=int, default=4)
+    animate.add_argument("--steps-per-group", type=int, default=1)
+    animate.add_argument("--temporal-strength", type=float, default=1.0)
+    animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
+    animate.add_argument("--device", default=None)
+    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
+    animate.add_argument("--vae", type=Path, default=None)
+    animate.add_argument("--image-encoder", type=Path, default=None)
     animate.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
 
     tiny = commands.add_parser("make-tiny-models",
