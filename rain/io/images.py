@@ -9,7 +9,6 @@ of phone photos is applied.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +36,15 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{path} is empty (0 bytes): the file was not saved or copied completely; use "
                          f"another copy of the image.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                image = image.copy()  # keeps info (transparency) and EXIF, without the file handle
+        with Image.open(path) as image:
+            image.load()
+            image = image.copy()  # keeps info (transparency) and EXIF, without the file handle
     except PermissionError:
         raise ImageError(f"No permission to read {path}.") from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{path} is not an image Pillow can read (PNG, JPEG, WebP, BMP, TIFF, GIF…); "
                          f"convert it to PNG or JPEG.") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise ImageError(f"{path} is too large to open safely ({error}); scale it down first.") from None
     except (OSError, SyntaxError, ValueError) as error:
         # Truncated downloads and damaged files fail while decoding.
