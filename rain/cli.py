@@ -186,22 +186,29 @@ def run_make_tiny_models(args) -> int:
     from .weights import find_weight
 
     folder = args.models_dir
-    denoiser = find_weight(folder, "motion_unet") if folder.is_dir() else None
-    if denoiser is not None and read_declaration(denoiser) is None:
-        raise FileExistsError(f"{folder} already holds {denoiser.name}, which make-tiny-models did not write "
-                              f"(real weights?); nothing was changed. Give an empty folder instead.")
+    if folder.is_dir():
+        denoiser = find_weight(folder, "motion_unet")
+        ours = denoiser is not None and read_declaration(denoiser) is not None
+        present = [str(path.relative_to(folder)) for name in devtools.TINY_MODEL_NAMES
+                   if (path := find_weight(folder, name)) is not None]
+        if present and not ours:
+            raise FileExistsError(f"{folder} already holds {', '.join(present)}, which make-tiny-models did not "
+                                  f"write (real weights?); nothing was changed. Give an empty folder instead.")
     path = devtools.write_tiny_models(folder, seed=args.seed)
     devtools.write_tiny_declaration(path)
     devtools.write_tiny_task_sets(path)
     devtools.write_tiny_readme(path)
+    dwpose = "DWPose stand-ins"
     try:
-        devtools.write_tiny_dwpose(path)
+        if not devtools.write_tiny_dwpose(path):
+            dwpose = "kept the real DWPose files there"
     except ImportError:
+        dwpose = "no DWPose stand-ins"
         print("DWPose stand-ins skipped: they are built with the onnx package (python -m pip install onnx); "
               "--task face/body and the landmark nodes need them", file=sys.stderr)
     height, width = devtools.TINY_NATIVE_SIZE
-    print(f"wrote reduced random models and DWPose stand-ins to {path} (see {devtools.README_NAME} there); "
-          f"they render {width}×{height} structured noise that follows the pose")
+    print(f"wrote reduced random models ({dwpose}) to {path} (see {devtools.README_NAME} there); they render "
+          f"{width}×{height} structured noise that follows the pose")
     return 0
 
 

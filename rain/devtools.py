@@ -137,6 +137,9 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
 # -- what make-tiny-models writes besides the weights (one function per item) ----------------------------------
 #: Subfolders the shipped workflows pick for checkpoints trained on other pose images (whole body, depth).
 TASK_SETS = ("body", "depth")
+#: Models (``rain.weights`` names) write_tiny_models writes; make-tiny-models refuses a folder holding others'.
+TINY_MODEL_NAMES = ("motion_unet", "reference_unet", "pose_guider", "taesdv", "vae", "image_encoder")
+_LARGEST_STAND_IN = 8 * 2 ** 20  # the DWPose stand-ins are ~3 MB; the smallest real file is 22 MB
 SET_FILES = ("motion_unet.pth", "pose_guider.pth", "reference_unet.pth")
 README_NAME = "README.txt"
 
@@ -173,8 +176,14 @@ def write_tiny_task_sets(models_dir: str | Path, names: tuple[str, ...] = TASK_S
 
 def write_tiny_dwpose(models_dir: str | Path) -> list[Path]:
     """``dwpose/yolox_l.onnx`` and ``dwpose/dw-ll_ucoco_384.onnx``: stand-ins under the real names that report
-    one made-up upper-body person in every frame (``rain.pose.stand_in_models``); needs the onnx package."""
+    one made-up upper-body person in every frame (``rain.pose.stand_in_models``); needs the onnx package.
+    Real DWPose files already there are kept (they work with any RAIN models): returns [] then."""
+    from .pose.model_files import DETECTOR_PREFERENCE, MODELS_SUBDIR, POSE_PREFERENCE
     from .pose.stand_in_models import write_dwpose_stand_ins
+    folder = Path(models_dir) / MODELS_SUBDIR
+    names = (DETECTOR_PREFERENCE[0], POSE_PREFERENCE[0])
+    if any((folder / name).is_file() and (folder / name).stat().st_size > _LARGEST_STAND_IN for name in names):
+        return []
     return write_dwpose_stand_ins(models_dir)
 
 

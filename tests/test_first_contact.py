@@ -78,11 +78,21 @@ def test_make_tiny_models_writes_everything_a_newcomer_needs(comfyui):
     assert "NOT the RAIN weights" in readme and "stand-ins" in readme and "python -m rain download" in readme
 
 
-def test_make_tiny_models_never_overwrites_real_weights(tmp_path, capsys):
-    (tmp_path / "motion_unet.pth").write_bytes(b"real weights")
+@pytest.mark.parametrize("name", ["motion_unet.pth", "taesdv.safetensors"])
+def test_make_tiny_models_never_overwrites_real_weights(tmp_path, capsys, name):
+    (tmp_path / name).write_bytes(b"real weights")
     assert main(["make-tiny-models", str(tmp_path)]) == 2
-    assert "did not write" in capsys.readouterr().err
-    assert (tmp_path / "motion_unet.pth").read_bytes() == b"real weights"
+    assert f"already holds {name}, which make-tiny-models did not write" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_bytes() == b"real weights"
+
+
+def test_make_tiny_models_keeps_real_dwpose_files(tmp_path, capsys):
+    real = tmp_path / "dwpose" / "yolox_l.onnx"
+    real.parent.mkdir()
+    real.write_bytes(b"\0" * (9 * 2 ** 20))  # the size of a real file, not of a stand-in
+    assert main(["make-tiny-models", str(tmp_path)]) == 0
+    assert "kept the real DWPose files" in capsys.readouterr().out
+    assert real.stat().st_size == 9 * 2 ** 20 and not (tmp_path / "dwpose" / "dw-ll_ucoco_384.onnx").exists()
 
 
 def widget_values(node_class, values) -> dict:
