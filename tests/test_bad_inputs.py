@@ -127,7 +127,7 @@ def test_exif_orientation_is_applied_on_the_cli_and_api_paths(tmp_path):
 # -- outputs --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("output, message", [
     ("out.avi", "'.avi' is not an output type RAIN writes; use .mp4 .m4v .mov .mkv .webm .gif"),
-    ("ref.png/out.mp4", "Cannot create the folder"),
+    ("ref.png/out.mp4", "ref.png is a file, not a folder; choose another output path."),
     ("poses.mp4", "is one of the inputs; inputs are never overwritten"),
 ])
 def test_bad_output_is_refused_before_any_model_loads(inputs, no_model_load, capsys, output, message):
@@ -148,8 +148,10 @@ def test_missing_dwpose_files_are_reported_before_any_model_loads(inputs, no_mod
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: None, "Video or image source not found"),
-    (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
-    (lambda p: p.write_bytes(b"\x00garbage" * 100), "is not a video file PyAV/FFmpeg can read"),
+    (lambda p: p.write_bytes(b""), "is empty (0 bytes): the file was not saved or copied completely"),
+    (lambda p: p.write_bytes(b"\x00garbage" * 100), "is not a video file PyAV/FFmpeg can read (Invalid data found "
+                                                    "when processing input); convert it to MP4 (H.264), or use "
+                                                    "another copy."),
 ], ids=["missing", "zero-bytes", "garbage"])
 def test_bad_driving_video_is_refused_before_any_model_loads(inputs, no_model_load, capsys, make, message):
     make(inputs / "bad.mp4")

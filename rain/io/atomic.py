@@ -50,6 +50,10 @@ def partial_path(final: str | os.PathLike) -> Path:
 
 def check_writable_folder(folder: Path, purpose: str) -> None:
     """Create ``folder`` if needed and prove a file can be written there, or raise ``VideoIOError``."""
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise VideoIOError(f"Cannot create the folder {folder} for {purpose}: {blocking} is a file, not a folder; "
+                           f"choose another output path.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
