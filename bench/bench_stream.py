@@ -4,7 +4,8 @@
     python bench/bench_stream.py --full --size 512       # released sizes (random weights), e.g. on a GPU in fp16
     python bench/bench_stream.py --memory-frames 5000    # resident memory over a long stream (reduced size)
 
-Prints frames/s and milliseconds per output frame for each stage (pose guider, UNet, scheduler, decode),
+Prints the warm-up (until the window has filled and the first frames come out) and the steady-state frames/s
+separately, and milliseconds per output frame for each stage (pose guider, UNet, scheduler, decode),
 and with --memory-frames the resident memory sampled along the stream with its growth ratio.
 Weights are random (built in memory): speed and memory do not depend on their values.
 """
@@ -102,21 +103,39 @@ def run_speed(args, device, dtype):
     stream._decode = timer.wrap("decode (taesdv)", stream._decode)
     stream.scheduler.step = timer.wrap("scheduler", stream.scheduler.step)
     frames_out = 0
+    first_out = None    # seconds until the window had filled and the first group came out (the warm-up)
     start = time.perf_counter()
     for frame in pose_frames(args.frames, args.size, args.size):
-        frames_out += len(stream.push(frame))
+        out = stream.push(frame)
+        if out and first_out is None:
+            if timer.cuda:
+                torch.cuda.synchronize()
+            first_out, first_group = time.perf_counter() - start, len(out)
+        frames_out += len(out)
     if timer.cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     print(f"device {device} ({torch.cuda.get_device_name() if timer.cuda else os.cpu_count()} "
           f"{'' if timer.cuda else 'cores, ' + str(torch.get_num_threads()) + ' threads'}), {dtype}, "
           f"{'released' if args.full else 'reduced'} widths, {args.size}x{args.size}")
-    print(f"{frames_out} frames in {elapsed:.2f} s: {frames_out / elapsed:.2f} frames/s, "
-          f"{1000 * elapsed / frames_out:.1f} ms/frame")
+    print(f"{args.frames} frames in, {frames_out} out in {elapsed:.2f} s ({stream.unet_calls} UNet calls)")
+    if first_out is None:
+        print(f"warm-up: no frame out yet (the window fills after {stream.latency_frames} frames and one more "
+              f"call); no steady-state rate: use --frames > {stream.latency_frames + settings.frames_per_group}")
+    else:
+        print(f"warm-up: first {first_group} frames out after {first_out:.2f} s "
+              f"({stream.latency_frames + first_group} frames in)")
+        steady_frames, steady_seconds = frames_out - first_group, elapsed - first_out
+        if steady_frames > 0 and steady_seconds > 0:
+            print(f"steady state: {steady_frames} frames in {steady_seconds:.2f} s: "
+                  f"{steady_frames / steady_seconds:.2f} frames/s, {1000 * steady_seconds / steady_frames:.1f} ms/frame")
+        else:
+            print("steady state: not reached (only the first group came out); use more --frames")
+    per, unit = (frames_out, "frame") if frames_out else (max(stream.unet_calls, 1), "call")
     accounted = sum(timer.totals.values())
     for name, total in sorted(timer.totals.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:18s} {1000 * total / frames_out:8.2f} ms/frame  {100 * total / elapsed:5.1f}%")
-    print(f"  {'other (host)':18s} {1000 * (elapsed - accounted) / frames_out:8.2f} ms/frame")
+        print(f"  {name:18s} {1000 * total / per:8.2f} ms/{unit}  {100 * total / elapsed:5.1f}%")
+    print(f"  {'other (host)':18s} {1000 * (elapsed - accounted) / per:8.2f} ms/{unit}")
     if timer.cuda:
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

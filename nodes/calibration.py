@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import host
-from .sample_face import SAMPLE_FACE
+from ..rain.pose.sample_face import SAMPLE_FACE
 
 ROUTE = "/rain/calibration/preview"
 PREVIEW_SIZE = 320

@@ -329,12 +329,13 @@ def progress_bar(total: int, node_id=None):
     return _LocalProgressBar(total, node_id)
 
 
-PREVIEW_SIZE = 512
-
-
 def preview(image) -> tuple:
-    """A preview tuple for ``ProgressBar.update_absolute(..., preview=)`` from a PIL image."""
-    return ("JPEG", image, PREVIEW_SIZE)
+    """A preview tuple for ``ProgressBar.update_absolute(..., preview=)`` from a PIL image.
+
+    The third item is the size ComfyUI fits the image into before sending it, scaling up as well as down:
+    the image's own longest side keeps it as it is, so the preview (and its label) shows the real frame
+    size, not a 64×64 frame blown up to 512×512."""
+    return ("JPEG", image, max(image.size))
 
 
 # -- HTTP routes ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from . import host
+from . import host, model_set
 from .rain_model import LATENT_SCALE, RainReference, denoiser_choices, fingerprint, load_model_set
 
 log = logging.getLogger("ComfyUI-RAIN")
@@ -85,7 +85,17 @@ class RainFuseReference:
 
     # No IS_CHANGED on purpose: ComfyUI's cache keys on the inputs, so only a new image/model/size re-fuses.
     def fuse(self, rain_model, image, width, height):
+        from ..rain.io.images import MIN_REFERENCE_SIDE
+
         host.check_interrupted()
+        if image.ndim != 4 or image.shape[0] == 0:
+            raise ValueError(f"Fuse RAIN Reference: the image input must be an IMAGE batch [images, H, W, C], got "
+                             f"shape {list(image.shape)}")
+        if min(image.shape[1], image.shape[2]) < MIN_REFERENCE_SIDE:
+            raise ValueError(f"Fuse RAIN Reference: the image is {image.shape[2]}×{image.shape[1]} pixels, too small "
+                             f"for a reference (it is stretched to {width}×{height}). Use an image at least "
+                             f"{MIN_REFERENCE_SIDE} pixels on each side, ideally around the frame size.")
+        height, width = model_set.frame_size(rain_model, height, width, "Fuse RAIN Reference")
         rain_model.load("reference", "vae")
         reference = rain_model.pipeline.fuse_reference(image, int(height), int(width))
         return (RainReference(rain_model, reference),)
@@ -131,12 +141,15 @@ class RainStreamSampler:
     def sample(self, rain_model, reference, poses, frames_per_group, num_groups, steps_per_group, guidance_scale,
                seed, decoder, temporal_strength, unique_id=None):
         from ..rain.pipeline import check_size, to_pose_tensor
+        from ..rain.progress import stream_steps, stream_work
         from ..rain.sampling.stream import StreamSettings
 
         if poses.ndim != 4 or poses.shape[0] == 0:
             raise ValueError(f"poses must be an IMAGE batch [frames, H, W, 3], got shape {list(poses.shape)}")
         total, height, width = int(poses.shape[0]), int(poses.shape[1]), int(poses.shape[2])
-        check_size(height, width)
+        size = model_set.frame_size(rain_model, height, width, "RAIN Stream Sampler")
+        check_size(*size)
+        height, width = size
         if not rain_model.has_decoder(decoder):
             rain_model.decoder(decoder)  # raises the message that says what to do
         settings = StreamSettings(frames_per_group=int(frames_per_group), num_groups=int(num_groups),
@@ -150,26 +163,30 @@ class RainStreamSampler:
         stream = rain_model.pipeline.open_stream(fitted, settings, height=height, width=width)
         decode = rain_model.decoder(decoder)
         memory = None  # the decoder's memory across groups (TAESDV): one continuous video
-        progress = host.progress_bar(total, node_id=unique_id)
+        # Counted in pushed frames and UNet calls, so the bar moves from the first frame (the first finished
+        # frame only comes after the window has filled).
+        work = stream_work(total, settings)
+        progress = host.progress_bar(work, node_id=unique_id)
         frames, latents = [], []
 
         def collect(finished):
             nonlocal memory
             if not finished:
-                return
+                return None
             batch = torch.stack(finished)
             latents.append(batch.float().cpu())
             decoded, memory = decode(batch, memory)
             frames.append(decoded)
-            done = sum(len(f) for f in frames)
-            progress.update_absolute(done, total, host.preview(_pil(decoded[-1])))
+            return host.preview(_pil(decoded[-1]))
 
-        for index in range(total):
+        def pose_tensors():
+            for index in range(total):
+                yield to_pose_tensor(model_set.fit_pose(poses[index], size))
+
+        for step in stream_steps(stream, pose_tensors()):
             host.check_interrupted()
-            collect(stream.push(to_pose_tensor(poses[index])))
-        for tail in stream.drain():  # the end of the input, one UNet call at a time
-            host.check_interrupted()
-            collect(tail)
+            preview = collect(step.frames)
+            progress.update_absolute(step.work_done, work, preview)
         images = torch.cat(frames).contiguous()
         samples = torch.cat(latents) / LATENT_SCALE
         return (images, {"samples": samples.contiguous()})

@@ -42,9 +42,9 @@ MAX_DETECTORS = 2
 
 
 def dwpose_paths(detector: str = "auto", pose_model: str = "auto"):
-    """(detector, pose) ONNX paths: models/rain/dwpose/ (every models/rain folder), then the ComfyUI models
-    folder and comfyui_controlnet_aux's downloads. Raises the engine's message naming what to put where."""
-    from ..rain.pose.model_files import DWPoseModelsNotFound, locate_dwpose_models
+    """(detector, pose) ONNX paths: models/rain/dwpose/ (every models/rain folder), models/dwpose/ and
+    comfyui_controlnet_aux's downloads. Raises the engine's message naming what to put where."""
+    from ..rain.pose.model_files import locate_dwpose_models
 
     def choice(value):
         if value == "auto":
@@ -54,17 +54,14 @@ def dwpose_paths(detector: str = "auto", pose_model: str = "auto"):
 
     det, pose = choice(detector), choice(pose_model)
     roots = host.model_roots()
-    extra = [d for r in roots[1:] for d in (r / "dwpose", r)]
-    try:
-        return locate_dwpose_models(roots[0] if roots else None, detector=det, pose=pose, extra_dirs=extra)
-    except DWPoseModelsNotFound as first:
-        comfy_models = host.comfy_models_dir()
-        if comfy_models is not None:
-            try:
-                return locate_dwpose_models(comfy_models, detector=det, pose=pose, extra_dirs=extra)
-            except DWPoseModelsNotFound:
-                pass
-        raise first
+    # <ComfyUI>/models/rain first: the message names it as the place to put them (and the download command
+    # for it), and comfyui_controlnet_aux's downloads are found from it; then every other models/rain folder.
+    comfy_models = host.comfy_models_dir()
+    home = comfy_models / host.MODEL_FOLDER if comfy_models is not None else (roots[0] if roots else None)
+    extra = [d for r in roots if r != home for d in (r / "dwpose", r)]
+    if comfy_models is not None:
+        extra.append(comfy_models / "dwpose")
+    return locate_dwpose_models(home, detector=det, pose=pose, extra_dirs=extra)
 
 
 def get_detector(detector: str = "auto", pose_model: str = "auto", provider: str = "auto"):

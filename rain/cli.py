@@ -13,10 +13,60 @@
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_MODELS_DIR = "models"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default: appended as ArgumentDefaultsHelpFormatter does, unless the help already
+    says it in words (options whose default is computed say what it is)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.default is False and action.nargs == 0:
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text  # a test holds such options to saying their default in words
+        return super()._get_help_string(action)
+
+
+#: Help for the options several commands share, used where a command adds one without its own text.
+COMMON_HELP = {
+    "--models-dir": "the models folder (see README)",
+    "--reference": "the character image",
+    "--size": "frame size N or WxH, multiples of 8",
+    "--crop": "centre-square crop keeping this fraction of the short side",
+    "--missing": "frames without a face: repeat the last landmarks or draw nothing",
+    "--frames-per-group": "frames that share a noise level",
+    "--groups": "noise levels in the window",
+    "--steps-per-group": "LCM steps per level",
+    "--guidance": "LCM guidance embedding w",
+    "--seed": "noise seed",
+    "--temporal-strength": "scale of the motion modules' contribution (1 = as trained)",
+    "--decoder": "taesdv: tiny temporal decoder (fast); vae: the SD VAE (slower, sharper)",
+    "--device": "cuda, cpu, cuda:1 … (default: cuda when available)",
+    "--dtype": "default: fp16 on CUDA, fp32 on CPU",
+    "--vae": "a VAE folder or single file to use instead (default: MODELS_DIR/sd-vae-ft-mse)",
+    "--image-encoder": "a CLIP vision folder or file to use instead (default: MODELS_DIR/image_encoder)",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)command parser: defaults shown in --help, shared options explained once (``COMMON_HELP``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        if not kwargs.get("help"):
+            shared = next((COMMON_HELP[n] for n in names if n in COMMON_HELP), None)
+            if shared is not None:
+                kwargs["help"] = shared
+        return super().add_argument(*names, **kwargs)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -32,39 +82,47 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rain", description="RAIN: real-time character animation.")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m rain", description="RAIN: real-time character animation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print progress details (INFO log)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                     title="commands", metavar="COMMAND")
 
     download = commands.add_parser("download", help="fetch the released weights into a models folder (resumable)")
-    download.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
+    download.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="the models folder to fill")
     download.add_argument("--only", nargs="+", metavar="GROUP",
                           help="groups or model names: rain taesdv vae image_encoder dwpose (default: all)")
     download.add_argument("--dwpose", action="store_true", help="only the DWPose ONNX files")
     download.add_argument("--force", action="store_true", help="download again even if present")
 
     convert = commands.add_parser("convert", help="write .safetensors copies of .pth checkpoints")
-    convert.add_argument("paths", nargs="+", type=Path)
+    convert.add_argument("paths", nargs="+", type=Path, help=".pth/.bin checkpoints to convert")
     convert.add_argument("--fp16", action="store_true", help="store floating tensors as float16")
-    convert.add_argument("--overwrite", action="store_true")
+    convert.add_argument("--overwrite", action="store_true", help="replace existing .safetensors copies")
 
     animate = commands.add_parser("animate", help="reference image + driving video → output video")
     animate.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
-    animate.add_argument("--reference", required=True, type=Path, help="the character image (any size/mode)")
+    animate.add_argument("--reference", required=True, type=Path,
+                         help="the character image (any size ≥ 32 px and mode; stretched to the frame size)")
     animate.add_argument("--driving", required=True, type=Path,
                          help="a video (or image folder) of pose images, or a raw video with --task face/body")
-    animate.add_argument("-o", "--output", required=True, type=Path, help=".mp4 .mkv .webm .gif or a folder (PNGs)")
+    animate.add_argument("-o", "--output", required=True, type=Path,
+                         help=".mp4 .mkv .webm .mov .gif, or a folder (PNGs); written as NAME.partial.EXT until "
+                              "complete")
     animate.add_argument("--task", choices=("pose", "face", "body", "depth"), default="pose",
                          help="pose: the driving video already shows pose images; face/body: detect with DWPose; "
                               "depth: depth maps from the depth estimator (--depth-model)")
     animate.add_argument("--depth-model", type=Path, default=None,
                          help="--task depth: depth model folder (default: MODELS_DIR/depth_estimator)")
     animate.add_argument("--size", type=_size, default=None,
-                         help="output size N or WxH, multiples of 8 (default: the driving video's size rounded "
-                              "down to multiples of 8, or 512 with --task face/body/depth)")
-    animate.add_argument("--fps", type=float, default=None, help="resample the driving video to this rate")
+                         help="output size N or WxH, multiples of 8 (default: the size the models declare, else "
+                              "the driving video's size rounded down to multiples of 8, or 512 with "
+                              "--task face/body/depth)")
+    animate.add_argument("--fps", type=float, default=None,
+                         help="resample the driving video to this rate (default: its own rate; a variable-rate "
+                              "video is resampled to its average rate)")
     animate.add_argument("--start", type=int, default=0, help="skip this many driving frames")
-    animate.add_argument("--max-frames", type=int, default=None)
+    animate.add_argument("--max-frames", type=int, default=None,
+                         help="stop after this many frames (default: every frame)")
     animate.add_argument("--crop", type=float, default=None,
                          help="--task face/body: centre-square crop keeping this fraction of the short side "
                               "(the demo's 0.9); default: stretch the frame like the official batch example")
@@ -75,36 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--frames-per-group", type=int, default=4)
     animate.add_argument("--groups", type=int, default=4)
     animate.add_argument("--steps-per-group", type=int, default=1)
-    animate.add_argument("--temporal-strength", type=float, default=1.0,
-                         help="scale of the motion modules' contribution (1 = as trained)")
+    animate.add_argument("--temporal-strength", type=float, default=1.0)
     animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
-    animate.add_argument("--device", default=None, help="cuda, cpu, cuda:1 … (default: cuda when available)")
-    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
-                         help="default: fp16 on CUDA, fp32 on CPU")
-    animate.add_argument("--vae", type=Path, default=None, help="a VAE folder or single file to use instead")
-    animate.add_argument("--image-encoder", type=Path, default=None, help="a CLIP vision folder or file to use")
+    animate.add_argument("--device", default=None)
+    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
+    animate.add_argument("--vae", type=Path, default=None)
+    animate.add_argument("--image-encoder", type=Path, default=None)
     animate.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
 
     from .live import standalone as live  # argparse only; the engine loads when the command runs
     live.add_arguments(commands.add_parser("live", help=live.HELP))
 
-    tiny = commands.add_parser("make-tiny-models", help="write reduced random weights (for trying the plumbing)")
-    tiny.add_argument("models_dir", type=Path)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny = commands.add_parser("make-tiny-models",
+                               help="write reduced random weights and DWPose stand-ins (for trying the plumbing)")
+    tiny.add_argument("models_dir", type=Path, help="the folder to fill (e.g. ComfyUI/models/rain)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
     from .training.commands import add_parsers as add_training_data_parsers
     add_training_data_parsers(commands, size_type=_size, models_dir_default=DEFAULT_MODELS_DIR)
     from .training import cli as training_cli
     training_cli.add_parser(commands)
     return parser
-
-
-def _device_and_dtype(device: str | None, dtype: str | None):
-    import torch
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = "fp32" if device == "cpu" else "fp16"
-    return device, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
 
 
 def run_download(args) -> int:
@@ -135,89 +184,53 @@ def run_convert(args) -> int:
     return 2 if failed else 0
 
 
-def _driving_frames(args, size):
-    """The pose images to animate, lazily: straight from the file, or through detection + rendering."""
-    from .io import read_frames
-    if args.task == "pose":
-        return read_frames(args.driving, size=size, fps=args.fps, start=args.start, max_frames=args.max_frames), None
-    if args.task == "depth":
-        from .depth import depth_driving_frames
-        return depth_driving_frames(args.driving, size, models_dir=args.models_dir, model=args.depth_model,
-                                    fps=args.fps, start=args.start, max_frames=args.max_frames, crop=args.crop,
-                                    device=args.device), None
-    from .pose.driving import pose_frames
-    from .pose.dwpose import DWPoseDetector
-    from .pose.face_tracking import PoseStats
-    detector = DWPoseDetector.from_models_dir(args.models_dir)
-    stats = PoseStats()
-    raw = read_frames(args.driving, fps=args.fps, start=args.start, max_frames=args.max_frames)
-    return pose_frames(raw, task=args.task, detector=detector, size=size, missing=args.missing, crop=args.crop,
-                       stats=stats), stats
-
-
 def run_animate(args) -> int:
-    from PIL import Image
-    from tqdm import tqdm
-
-    from .io import VideoWriter, frames_total, probe
-    from .pipeline import RainPipeline, check_size
-    from .sampling.stream import StreamSettings
-
-    if not args.reference.is_file():
-        raise SystemExit(f"reference image not found: {args.reference}")
-    info = probe(args.driving)
-    if args.size is not None:
-        size = args.size
-    elif args.task == "pose":
-        size = (max(64, info.height - info.height % 8), max(64, info.width - info.width % 8))
-    else:
-        size = (512, 512)
-    check_size(*size)
-    settings = StreamSettings(frames_per_group=args.frames_per_group, num_groups=args.groups,
-                              steps_per_group=args.steps_per_group, guidance_scale=args.guidance, seed=args.seed,
-                              decoder=args.decoder, temporal_strength=args.temporal_strength)
-    device, dtype = _device_and_dtype(args.device, args.dtype)
-    started = time.perf_counter()
-    pipe = RainPipeline.from_models_dir(args.models_dir, device=device, dtype=dtype, vae_path=args.vae,
-                                        image_encoder_path=args.image_encoder,
-                                        decoders=(args.decoder,))
-    reference = pipe.fuse_reference(Image.open(args.reference), *size)
-    logging.info("models loaded and reference fused in %.1f s", time.perf_counter() - started)
-
-    poses, stats = _driving_frames(args, size)
-    total = frames_total(info, args.fps)
-    if total:
-        total = max(0, total - args.start)
-        total = min(total, args.max_frames) if args.max_frames else total
-    fps = args.fps or info.fps or 16
-    audio = None if args.no_audio or not info.has_audio else args.driving
-    written = 0
-    with VideoWriter(args.output, fps, audio_from=audio, audio_start=args.start / fps) as writer, \
-            tqdm(total=total or None, unit="frame", desc="animating") as bar:
-        # Frames are written as they come out, so an interrupted render leaves a playable file.
-        for frame in pipe.stream(poses, reference, settings):
-            writer.write(frame)
-            written += 1
-            bar.update(1)
-    elapsed = time.perf_counter() - started
-    print(f"wrote {written} frames to {args.output} ({elapsed:.1f} s, {written / max(elapsed, 1e-9):.2f} frames/s)")
-    if stats is not None:
-        print(stats.summary())
+    from .animate import load_pipeline, prepare_job, render, summary_lines
+    job = prepare_job(args)             # every check that needs no model
+    pipe, reference = load_pipeline(job)
+    report = render(job, pipe, reference)
+    for line in summary_lines(job, report):
+        print(line)
     return 0
 
 
 def run_make_tiny_models(args) -> int:
-    from .depth import DEPTH_FOLDER
-    from .devtools import write_tiny_depth_model, write_tiny_models
-    path = write_tiny_models(args.models_dir, seed=args.seed)
-    write_tiny_depth_model(path / DEPTH_FOLDER, seed=args.seed)
-    print(f"wrote reduced random models to {path} (frames must be multiples of 8, e.g. 64x64)")
+    from . import devtools
+    from .model_set import read_declaration
+    from .weights import find_weight
+
+    folder = args.models_dir
+    if folder.is_dir():
+        denoiser = find_weight(folder, "motion_unet")
+        ours = denoiser is not None and read_declaration(denoiser) is not None
+        present = [str(path.relative_to(folder)) for name in devtools.TINY_MODEL_NAMES
+                   if (path := find_weight(folder, name)) is not None]
+        if present and not ours:
+            raise FileExistsError(f"{folder} already holds {', '.join(present)}, which make-tiny-models did not "
+                                  f"write (real weights?); nothing was changed. Give an empty folder instead.")
+    path = devtools.write_tiny_models(folder, seed=args.seed)
+    devtools.write_tiny_declaration(path)
+    devtools.write_tiny_task_sets(path)
+    devtools.write_tiny_readme(path)
+    dwpose = "DWPose stand-ins"
+    try:
+        if not devtools.write_tiny_dwpose(path):
+            dwpose = "kept the real DWPose files there"
+    except ImportError:
+        dwpose = "no DWPose stand-ins"
+        print("DWPose stand-ins skipped: they are built with the onnx package (python -m pip install onnx); "
+              "--task face/body and the landmark nodes need them", file=sys.stderr)
+    depth = devtools.write_tiny_depth_estimator(path)
+    height, width = devtools.TINY_NATIVE_SIZE
+    print(f"wrote reduced random models ({dwpose}{depth}) to {path} (see {devtools.README_NAME} there); they render "
+          f"{width}×{height} structured noise that follows the pose")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from .animate import RenderFailed
     from .io import VideoIOError
     from .weights import WeightsError
     from .live.standalone import run as run_live
@@ -228,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                 "evaluate": run_evaluate, "train": training_cli.run}
     try:
         return handlers[args.command](args)
-    except (WeightsError, VideoIOError, ValueError, FileNotFoundError) as error:
+    except (WeightsError, VideoIOError, ValueError, FileNotFoundError, FileExistsError, RenderFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the frames written so far are in the output file", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        print(f"interrupted{': ' + str(error) if str(error) else ''}", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from .decoders import Decoder, make_decoder
+from .io.images import to_rgb
 from .loading import RainModels, load_models
 from .models.embeddings import guidance_scale_embedding
 from .models.image_encoder import encode_image
@@ -47,12 +48,7 @@ class Reference:
 def to_pil(image: ImageLike) -> Image.Image:
     """Any reference image (PIL of any mode, uint8 HxWxC array, float [H,W,C] tensor in [0,1]) → RGB PIL."""
     if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            # Composite transparent images on white rather than on undefined colour under alpha 0.
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+        return to_rgb(image)  # EXIF orientation, 16-bit/float scaling, transparency on white
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]

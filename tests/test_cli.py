@@ -43,7 +43,7 @@ def test_animate_writes_every_frame(tiny_models_dir, tmp_path):
 def test_missing_weights_message_names_the_command(tmp_path, capsys):
     driving = tmp_path / "poses.mp4"
     write_pose_video(driving, frames=1)
-    Image.new("RGB", (8, 8)).save(tmp_path / "r.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "r.png")
     code = main(["animate", "--models-dir", str(tmp_path / "empty"), "--reference", str(tmp_path / "r.png"),
                  "--driving", str(driving), "-o", str(tmp_path / "o.mp4")])
     assert code == 2

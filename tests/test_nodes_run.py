@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from rain.progress import stream_work
+from rain.sampling.stream import StreamSettings
+
 REPO = Path(__file__).resolve().parent.parent
 PACK = "ComfyUI-RAIN-hosted"
 SIZE = 64  # reduced models run at 64 x 64
@@ -163,10 +166,8 @@ def tiny_models(tmp_path_factory) -> Path:
 
 
 def sample_face():
-    spec = importlib.util.spec_from_file_location("rain_test_sample_face", REPO / "nodes" / "sample_face.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SAMPLE_FACE
+    from rain.pose.sample_face import SAMPLE_FACE
+    return SAMPLE_FACE
 
 
 def face_simcc(pose_hw=(256, 192), detection=512):
@@ -194,6 +195,7 @@ def env(tmp_path_factory):
     models = tiny_models(tmp_path_factory)
     base = tmp_path_factory.mktemp("comfyui")
     host = Host(base)
+    (base / "custom_nodes").mkdir()
     (host.models_dir / "rain").parent.mkdir(parents=True)
     (host.models_dir / "rain").symlink_to(models, target_is_directory=True)
     depth = host.user_rain / "depth"
@@ -344,9 +346,14 @@ def test_sampler_outputs_images_and_latents_with_progress_previews(env, model, r
     assert images.min() >= 0 and images.max() <= 1 and images.is_contiguous()
     assert latents["samples"].shape == (count, 4, SIZE // 8, SIZE // 8)
     assert host.loads == [[("video_unet,pose_guider,taesdv", True)]]
-    assert host.progress[-1][:3] == ("11", count, count)
+    # The bar counts pushed frames and UNet calls: it moves from the first frame, before any frame is finished.
+    work = stream_work(count, StreamSettings(**FAST))
+    assert host.progress[0][:3] == ("11", 1, work) and host.progress[0][3] is None
+    assert host.progress[-1][:3] == ("11", work, work)
+    assert [p[1] for p in host.progress] == sorted(p[1] for p in host.progress)
     previews = [p[3] for p in host.progress if p[3] is not None]
-    assert previews and previews[0][0] == "JPEG" and previews[0][1].size == (SIZE, SIZE)
+    # ComfyUI fits a preview into its third item (scaling up too): the frame's own size keeps the label true.
+    assert previews and previews[0][0] == "JPEG" and previews[0][1].size == (SIZE, SIZE) and previews[0][2] == SIZE
 
     (decoded,) = nodes["RAIN_DecodeLatents"].decode(model, latents, "taesdv")
     # Decoded in chunks of another length than the sampler's groups: the same maths, float32-rounded differently.
@@ -502,9 +509,17 @@ def test_draw_pose_reads_other_packs_keypoints(nodes):
 
 def test_missing_dwpose_files_explain_where_to_put_them(env, nodes):
     host, pack = env
-    with pytest.raises(FileNotFoundError, match="dwpose"):
+    with pytest.raises(FileNotFoundError, match="dwpose") as error:
         nodes["RAIN_FaceLandmarks"].detect(torch.rand(1, 64, 64, 3), "auto", "dw-xx_missing.onnx", 0.0, "hold",
                                            False, "cpu")
+    message = str(error.value)
+    rain_folder = host.models_dir / "rain"
+    assert f"Put them in {rain_folder / 'dwpose'}" in message
+    # The command downloads into the folder that is searched, and comfyui_controlnet_aux's downloads are looked
+    # for next to models/, not inside it.
+    assert f"python -m rain download --dwpose --models-dir {rain_folder}" in message
+    assert str(host.base / "custom_nodes" / "comfyui_controlnet_aux" / "ckpts") in message
+    assert "models/custom_nodes" not in message
 
 
 # -- the calibration route -------------------------------------------------------------------------------------

@@ -194,11 +194,13 @@ def _image_frames(path: Path, size, fps) -> Iterator[np.ndarray]:
 
 def _open_container(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
-        raise VideoIOError(f"{path} is empty (0 bytes).")
+        raise VideoIOError(f"{path} is empty (0 bytes): the file was not saved or copied completely; use another "
+                           f"copy of the video.")
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError as exc:
-        raise VideoIOError(f"{path} is not a video file PyAV/FFmpeg can read ({exc}).") from exc
+        raise VideoIOError(f"{path} is not a video file PyAV/FFmpeg can read ({exc.strerror or exc}); convert it "
+                           f"to MP4 (H.264), or use another copy.") from exc
     except av.error.EOFError as exc:
         raise VideoIOError(f"{path} is empty or was cut off before its first frame.") from exc
     except PermissionError as exc:

@@ -56,6 +56,8 @@ _CONTAINERS = {  # suffix -> (FFmpeg muxer, default codec, audio codec for re-en
     ".webm": ("webm", "vp9", "libopus"),
     ".gif": ("gif", "gif", None),
 }
+#: Video file types ``VideoWriter`` writes (besides PNG sequences: a folder, or a ``name_%05d.png`` pattern).
+OUTPUT_SUFFIXES = tuple(_CONTAINERS)
 _FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof"
 _SUBSAMPLED_PREFIXES = ("yuv420", "yuvj420", "yuv422", "yuvj422", "nv12", "nv21", "nv16")
 

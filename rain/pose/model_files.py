@@ -61,15 +61,30 @@ def hub_url(name: str) -> str:
     return f"https://huggingface.co/{entry['repo_id']}/resolve/main/{entry['filename']}"
 
 
+def comfyui_root(models_dir: str | os.PathLike | None) -> Path | None:
+    """The ComfyUI folder a models folder belongs to: ``<ComfyUI>`` for ``<ComfyUI>/models/rain`` or
+    ``<ComfyUI>/models`` (a ComfyUI install has a ``custom_nodes`` folder next to ``models``); None for a
+    standalone models folder."""
+    if models_dir is None:
+        return None
+    folder = Path(models_dir).absolute()  # not resolved: models/rain may be a link to a folder elsewhere
+    if folder.name == "rain" and folder.parent.name == "models":
+        folder = folder.parent
+    if folder.name == "models" and (folder.parent / "custom_nodes").is_dir():
+        return folder.parent
+    return None
+
+
 def controlnet_aux_ckpts_dirs(models_dir: str | os.PathLike | None) -> list[Path]:
     """comfyui_controlnet_aux checkpoint roots that may already hold the files: its ``AUX_ANNOTATOR_CKPTS_PATH``
-    override, and ``<ComfyUI>/custom_nodes/comfyui_controlnet_aux/ckpts`` next to ``<ComfyUI>/models``."""
+    override, and ``<ComfyUI>/custom_nodes/comfyui_controlnet_aux/ckpts`` when ``models_dir`` is (in) a
+    ComfyUI models folder."""
     roots: list[Path] = []
     env = os.environ.get("AUX_ANNOTATOR_CKPTS_PATH")
     if env:
         roots.append(Path(env))
-    if models_dir is not None:
-        comfy_root = Path(models_dir).resolve().parent
+    comfy_root = comfyui_root(models_dir)
+    if comfy_root is not None:
         roots.append(comfy_root / "custom_nodes" / _AUX_PACK / "ckpts")
     return roots
 
@@ -122,8 +137,15 @@ def locate_dwpose_models(models_dir: str | os.PathLike | None = None, *, detecto
     return found["detector"], found["pose"]
 
 
+def download_command(models_dir: str | os.PathLike | None) -> str:
+    """The command that downloads the default pair into ``<models_dir>/dwpose`` (where it is looked for)."""
+    import shlex
+    target = shlex.quote(str(Path(models_dir).absolute())) if models_dir is not None else "<models folder>"
+    return f"{DOWNLOAD_COMMAND} --models-dir {target}"
+
+
 def _missing_message(missing: list[str], wanted: dict[str, tuple[str, ...]], models_dir, extra_dirs) -> str:
-    target = Path(models_dir) / MODELS_SUBDIR if models_dir is not None else Path("<ComfyUI>/models") / MODELS_SUBDIR
+    target = Path(models_dir) / MODELS_SUBDIR if models_dir is not None else Path("<models folder>") / MODELS_SUBDIR
     lines = ["DWPose model files not found:"]
     for role in missing:
         names = wanted[role]
@@ -131,7 +153,7 @@ def _missing_message(missing: list[str], wanted: dict[str, tuple[str, ...]], mod
         url = hub_url(first) if first in _CATALOGUE else "(not a catalogued file name)"
         alternatives = f" (or any of {', '.join(names[1:])})" if len(names) > 1 else ""
         lines.append(f"  - {role}: {first}{alternatives} - download: {url}")
-    lines.append(f"Put them in {target}, or run `{DOWNLOAD_COMMAND}`.")
+    lines.append(f"Put them in {target}, or run `{download_command(models_dir)}` (in the ComfyUI-RAIN folder).")
     searched = [str(p) for p in ([target] + [Path(d) for d in extra_dirs] + controlnet_aux_ckpts_dirs(models_dir))]
     lines.append("Looked in: " + "; ".join(searched)
                  + " (copies downloaded by comfyui_controlnet_aux under ckpts/<hub repo>/ are used too).")
