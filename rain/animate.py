@@ -18,15 +18,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from .render.engine import RenderFailed, RenderInterrupted  # noqa: F401  (raised by render)
+
 log = logging.getLogger(__name__)
-
-
-class RenderFailed(RuntimeError):
-    """A render stopped by an error; the message says where the frames written so far are."""
-
-
-class RenderInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a render; the message says where the frames written so far are."""
 
 
 @dataclass
@@ -54,6 +48,7 @@ class RenderReport:
     output: Path | None = None
     warnings: list[str] = field(default_factory=list)
     pose_summary: str | None = None
+    resumed_from: int = 0       # frames kept from an interrupted render (--resume)
 
 
 # -- 1. checks ------------------------------------------------------------------------------------------------
@@ -88,7 +83,11 @@ def prepare_job(args: Namespace) -> AnimateJob:
     fps, resample = _rates(args, info, timing, notes)
     expected, exact = _expected_frames(args, info, timing, resample, notes)
     audio = None if args.no_audio or not info.has_audio else args.driving
-    return AnimateJob(args, reference, size, fps, resample, expected, exact, settings, dwpose, audio, notes)
+    if getattr(args, "save_every", 0) < 0:
+        raise ValueError(f"--save-every {args.save_every}: give a number of frames (0 saves no resume state)")
+    job = AnimateJob(args, reference, size, fps, resample, expected, exact, settings, dwpose, audio, notes)
+    check_resume(job)
+    return job
 
 
 def check_output(output: Path, inputs=()) -> None:
@@ -200,96 +199,103 @@ def load_pipeline(job: AnimateJob):
 
 
 # -- 3. the render --------------------------------------------------------------------------------------------
-def driving_frames(job: AnimateJob, stats=None):
-    """The pose images to animate ([H,W,3] uint8), lazily: straight from the file, or detected and drawn."""
-    from .io import read_frames
+def source_spec(job: AnimateJob):
+    """What the render reads (``rain.render.SourceSpec``): the driving file, lazily, as pose frames of the job's
+    size; DWPose (face/body) or the depth estimator (depth) are loaded here."""
+    from .render import SourceSpec
     args = job.args
-    if args.task == "pose":
-        return read_frames(args.driving, size=job.size, fps=job.resample_fps, start=args.start,
-                           max_frames=args.max_frames)
+    detector = depth_model = None
+    if args.task in ("face", "body"):
+        from .pose.dwpose import DWPoseDetector
+        detector = DWPoseDetector.from_files(*job.dwpose)
     if args.task == "depth":
-        from .depth import depth_driving_frames
-        return depth_driving_frames(args.driving, job.size, models_dir=args.models_dir,
-                                    model=getattr(args, "depth_model", None), fps=job.resample_fps,
-                                    start=args.start, max_frames=args.max_frames, crop=args.crop, device=args.device)
-    from .pose.driving import pose_frames
-    from .pose.dwpose import DWPoseDetector
-    detector = DWPoseDetector.from_files(*job.dwpose)
-    raw = read_frames(args.driving, fps=job.resample_fps, start=args.start, max_frames=args.max_frames)
-    return pose_frames(raw, task=args.task, detector=detector, size=job.size, missing=args.missing,
-                       crop=args.crop, stats=stats)
+        from .depth import find_depth_model
+        depth_model = find_depth_model(args.models_dir, getattr(args, "depth_model", None))
+    from .pose.landmark_transform import STARTUP_TRANSLATIONS
+    return SourceSpec(Path(args.driving), args.task, job.size, fps=job.resample_fps, start=args.start,
+                      max_frames=args.max_frames, crop=args.crop, missing=args.missing,
+                      translations=tuple(STARTUP_TRANSLATIONS) if args.task == "face" else (),
+                      detector=detector, depth_model=depth_model, device=args.device)
+
+
+def resume_spec(job: AnimateJob):
+    """The settings and input files a saved state must match (``rain.render.ResumeSpec``)."""
+    from dataclasses import asdict
+
+    from . import weights
+    from .render import ResumeSpec
+    args = job.args
+    device, dtype = device_and_dtype(args.device, args.dtype)
+    denoiser = weights.find_weight(args.models_dir, "motion_unet")
+    models = {"models_dir": str(Path(args.models_dir).resolve()),
+              "denoiser_bytes": denoiser.stat().st_size if denoiser is not None and denoiser.is_file() else None,
+              "vae": None if args.vae is None else str(args.vae), "image_encoder": None if args.image_encoder is None
+              else str(args.image_encoder)}
+    pose = {"task": args.task, "size": list(job.size), "fps": job.resample_fps, "start": args.start,
+            "max_frames": args.max_frames, "crop": args.crop, "missing": args.missing,
+            "depth_model": None if getattr(args, "depth_model", None) is None else str(args.depth_model)}
+    settings = {**asdict(job.settings), **pose, "output_fps": job.fps, "sound": job.audio is not None,
+                "dtype": str(dtype).replace("torch.", ""), "device": str(device).split(":")[0], **models}
+    inputs = {"driving video": Path(args.driving), "reference image": Path(args.reference)}
+    return ResumeSpec(settings=settings, inputs=inputs, save_every=_save_every(args), resume=bool(getattr(args, 'resume', False)),
+                      missing_ok=False)
+
+
+def _save_every(args) -> int:
+    """Frames between saved states; GIFs are never continued (their frames are re-quantised per file)."""
+    if Path(args.output).suffix.lower() == ".gif":
+        return 0
+    return int(getattr(args, "save_every", 64))
+
+
+def check_resume(job: AnimateJob) -> None:
+    """``--resume``: refuse now (before loading models) if there is nothing to resume or anything changed."""
+    from .io import ResumeStore
+    from .io.resume import check_same
+    if not getattr(job.args, "resume", False):
+        return
+    if _save_every(job.args) == 0:
+        raise ValueError(f"--resume: {job.args.output} cannot be continued (GIF output, or --save-every 0 saves no "
+                         f"state); render to .mp4, .mkv, .mov, .webm or PNG frames to resume.")
+    store = ResumeStore(job.args.output)
+    record = store.record()
+    if record is None:
+        raise FileNotFoundError(f"Nothing to resume for {job.args.output}: there is no saved state "
+                                f"({store.folder}) — the render finished, or stopped before its first save "
+                                f"(every --save-every {_save_every(job.args)} frames). Run without --resume to "
+                                f"render from the beginning.")
+    spec = resume_spec(job)
+    check_same(record, spec.settings, spec.inputs, Path(job.args.output))
 
 
 def render(job: AnimateJob, pipe, reference) -> RenderReport:
-    """Stream the driving frames through RAIN into the output, under its partial name until complete."""
+    """Stream the driving frames through RAIN into the output (``rain.render.render_video``), under its partial
+    name until complete, with a progress bar."""
     from tqdm import tqdm
 
-    from .io import AtomicOutput, VideoWriter
-    from .pipeline import to_pose_tensor
-    from .progress import stream_calls, stream_steps
+    from .progress import stream_calls
+    from .render import Callbacks, OutputSpec, render_video
 
     args = job.args
-    report = RenderReport(output=args.output, warnings=list(job.notes))
     for note in job.notes:
         log.warning("%s", note)
-    stats = None
-    if args.task in ("face", "body"):
-        from .pose.face_tracking import PoseStats
-        stats = PoseStats()
-    height, width = job.size
-    stream = pipe.open_stream(reference, job.settings, height=height, width=width)
-    target = AtomicOutput(args.output)
-    started = time.perf_counter()
     calls = stream_calls(job.expected_frames, job.settings) if job.expected_frames else None
-    written = 0
-    total = f"{'~' if not job.expected_exact else ''}{job.expected_frames}" if job.expected_frames else "?"
-    try:
-        with target, VideoWriter(target.path, job.fps, audio_from=job.audio,
-                                 audio_start=args.start / job.fps) as writer, \
-                tqdm(total=calls, unit="call", desc="animating", dynamic_ncols=True) as bar:
-            poses = (to_pose_tensor(frame) for frame in driving_frames(job, stats))
-            for step in stream_steps(stream, poses):
-                for frame in step.frames:  # written as they come: an interrupted render leaves a playable file
-                    writer.write(frame)
-                    written += 1
-                if step.frames and report.first_frame_seconds is None:
-                    report.first_frame_seconds = time.perf_counter() - started
-                if step.draining and report.frames_in == 0:
-                    report.frames_in = step.frames_in
-                    _check_input_length(job, step.frames_in, report, bar)
-                report.frames_out = step.frames_out
-                bar.update(step.unet_calls - bar.n)
-                bar.set_postfix_str(f"{step.frames_in}/{total} frames in, {step.frames_out} out")
-            if report.frames_in == 0:  # no drain step (drain disabled)
-                report.frames_in = stream.frames_in
-                _check_input_length(job, stream.frames_in, report, bar)
-    except KeyboardInterrupt:
-        raise RenderInterrupted(_where_frames_are(target, written)) from None
-    except Exception as error:
-        raise RenderFailed(f"{error}\n{_where_frames_are(target, written)}") from error
-    report.seconds = time.perf_counter() - started
-    if stats is not None:
-        report.pose_summary = stats.summary()
+    group = job.settings.frames_per_group
+    with tqdm(total=calls, unit="call", desc="animating", dynamic_ncols=True) as bar:
+        def progress(step):
+            bar.update(step.work_done // group - bar.n)
+            total = f"{'~' if not job.expected_exact else ''}{job.expected_frames}" if job.expected_frames else "?"
+            speed = f", {step.frames_per_second:.2f} frames/s" if step.frames_per_second else ""
+            bar.set_postfix_str(f"{step.frames_in}/{total} frames in, {step.frames_out} out{speed}")
+
+        result = render_video(pipe, reference, job.settings, source_spec(job),
+                              OutputSpec(Path(args.output), job.fps, job.audio, args.start / job.fps),
+                              expected_frames=job.expected_frames, expected_exact=job.expected_exact,
+                              resume=resume_spec(job), callbacks=Callbacks(progress=progress))
+    report = RenderReport(result.frames_in, result.frames_out, result.seconds, result.first_frame_seconds,
+                          result.output, list(job.notes) + result.warnings, result.pose_summary)
+    report.resumed_from = result.resumed_from
     return report
-
-
-def _check_input_length(job: AnimateJob, frames_in: int, report: RenderReport, bar) -> None:
-    expected = job.expected_frames
-    if not expected or frames_in >= expected or not job.expected_exact:
-        return
-    warning = (f"{job.args.driving} ended after {frames_in} of the {expected} frames expected (the file is cut "
-               f"short or damaged); the output has {frames_in} frames")
-    report.warnings.append(warning)
-    bar.write(f"warning: {warning}")
-
-
-def _where_frames_are(target, frames: int) -> str:
-    kept = target.kept_partial
-    untouched = (f"the earlier {target.final} is untouched" if target.final.exists()
-                 else f"{target.final} was not written")
-    if kept is not None:
-        return f"The {frames} frames rendered before that are in {kept} (it plays); {untouched}."
-    return f"No frame was rendered; {untouched}."
 
 
 def summary_lines(job: AnimateJob, report: RenderReport) -> list[str]:
@@ -299,6 +305,8 @@ def summary_lines(job: AnimateJob, report: RenderReport) -> list[str]:
         steady = report.seconds - report.first_frame_seconds
         speed = (f": first frame after {report.first_frame_seconds:.1f} s (the window filling), then "
                  f"{(report.frames_out - 1) / max(steady, 1e-9):.2f} frames/s")
+    if report.resumed_from:
+        speed += f" (continued after the {report.resumed_from} frames of the interrupted render)"
     lines = [f"wrote {report.frames_out} frames ({width}×{height}, {job.fps:g} frames/s) to {report.output} in "
              f"{report.seconds:.1f} s{speed}"]
     if report.pose_summary:

@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--vae", type=Path, default=None)
     animate.add_argument("--image-encoder", type=Path, default=None)
     animate.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
+    animate.add_argument("--save-every", type=int, default=64, metavar="FRAMES",
+                         help="save the complete render state next to the output (OUTPUT.resume/) every this many "
+                              "frames, so --resume can continue an interrupted render; 0 saves none")
+    animate.add_argument("--resume", action="store_true",
+                         help="continue the interrupted render of -o from its last saved state (same settings and "
+                              "inputs; it says which changed otherwise); the frames equal an uninterrupted render's")
 
     from .live import standalone as live  # argparse only; the engine loads when the command runs
     live.add_arguments(commands.add_parser("live", help=live.HELP))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import rain.animate
+from rain.render.sources import DrivingSource
 from rain.cli import main
 from rain.io import VideoIOError, probe, scan_timing
 from rain.io.images import load_image, to_rgb
@@ -162,14 +162,14 @@ def test_bad_driving_video_is_refused_before_any_model_loads(inputs, no_model_lo
 
 def failing_driving_frames(monkeypatch, after, error):
     """The driving reader yields ``after`` frames, then fails as a video that becomes unreadable does."""
-    real = rain.animate.driving_frames
+    real = DrivingSource.__iter__
 
-    def reader(job, stats=None):
-        for index, frame in enumerate(real(job, stats)):
+    def reader(source):
+        for index, frame in enumerate(real(source)):
             if index == after:
                 raise error
             yield frame
-    monkeypatch.setattr(rain.animate, "driving_frames", reader)
+    monkeypatch.setattr(DrivingSource, "__iter__", reader)
 
 
 def test_failed_render_keeps_the_earlier_output_and_a_playable_partial(inputs, tiny_models_dir, monkeypatch,
@@ -230,9 +230,8 @@ def test_video_cut_short_is_reported(inputs, tiny_models_dir, capsys):
 
 
 def test_reader_ending_early_is_reported_with_the_numbers(inputs, tiny_models_dir, monkeypatch, capsys):
-    real = rain.animate.driving_frames
-    monkeypatch.setattr(rain.animate, "driving_frames",
-                        lambda job, stats=None: (f for i, f in enumerate(real(job, stats)) if i < 5))
+    real = DrivingSource.__iter__
+    monkeypatch.setattr(DrivingSource, "__iter__", lambda source: (f for i, f in enumerate(real(source)) if i < 5))
     assert animate(tiny_models_dir, inputs, *FAST) == 0
     out = capsys.readouterr().out
     assert (f"warning: {inputs / 'poses.mp4'} ended after 5 of the 8 frames expected (the file is cut short or "

@@ -5,8 +5,7 @@ from .atomic import AtomicOutput, check_writable_folder, partial_path
 from .errors import VideoIOError, VideoNotFoundError
 from .frames import pad_to_even, to_uint8_rgb
 from .images import MIN_REFERENCE_SIDE, ImageError, load_image, load_reference, to_rgb
-from .resume import (ResumeState, clear_resume_state, load_resume_state, resume_state_path,
-                     save_resume_state)
+from .resume import ResumeRefused, ResumeStore, file_fingerprint, resume_dir
 from .timing import VideoTiming, scan_timing
 from .video import IMAGE_SUFFIXES, VideoInfo, count_frames, frames_total, probe, read_frames
 from .writer import OUTPUT_SUFFIXES, VideoWriter
@@ -14,7 +13,7 @@ from .writer import OUTPUT_SUFFIXES, VideoWriter
 __all__ = [
     "VideoIOError", "VideoNotFoundError", "VideoInfo", "probe", "read_frames", "count_frames",
     "frames_total", "VideoWriter", "to_uint8_rgb", "pad_to_even", "IMAGE_SUFFIXES",
-    "ResumeState", "save_resume_state", "load_resume_state", "clear_resume_state",
-    "resume_state_path", "AtomicOutput", "partial_path", "check_writable_folder", "OUTPUT_SUFFIXES",
+    "ResumeRefused", "ResumeStore", "file_fingerprint", "resume_dir", "AtomicOutput", "partial_path",
+    "check_writable_folder", "OUTPUT_SUFFIXES",
     "ImageError", "load_image", "load_reference", "to_rgb", "MIN_REFERENCE_SIDE", "VideoTiming", "scan_timing",
 ]

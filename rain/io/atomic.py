@@ -74,8 +74,9 @@ class AtomicOutput:
     ``final``; on an exception ``final`` is untouched and a non-empty partial result is kept
     (``kept_partial``)."""
 
-    def __init__(self, final: str | os.PathLike):
+    def __init__(self, final: str | os.PathLike, keep_partial: bool = False):
         self.final = Path(final)
+        self.keep_partial = keep_partial   # resume: continue the partial output instead of starting it afresh
         self.path = partial_path(self.final)
         self.kept_partial: Path | None = None
         self.committed = False
@@ -87,11 +88,11 @@ class AtomicOutput:
 
     def __enter__(self) -> "AtomicOutput":
         root = self._partial_root
-        if root.exists():
+        if root.exists() and not self.keep_partial:
             log.info("replacing %s, left by an earlier run that did not finish", root)
             _remove(root)
         if is_folder_output(self.final) and not is_png_pattern(self.final):
-            root.mkdir(parents=True)  # an existing folder is a PNG sequence to VideoWriter, whatever its name
+            root.mkdir(parents=True, exist_ok=self.keep_partial)  # an existing folder is a PNG sequence to VideoWriter, whatever its name
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:

@@ -94,7 +94,8 @@ class VideoWriter:
     def __init__(self, path: PathLike, fps: float | Fraction, *, codec: str | None = None,
                  crf: int | None = None, pix_fmt: str = "yuv420p", audio_from: PathLike | None = None,
                  audio_start: float = 0.0, crash_safe: bool = True,
-                 options: dict[str, str] | None = None):
+                 options: dict[str, str] | None = None, size: tuple[int, int] | None = None,
+                 continue_from: PathLike | None = None, keep_frames: int = 0):
         self.path = Path(path)
         self.fps = _fps_fraction(fps)
         self.crash_safe = crash_safe
@@ -114,6 +115,14 @@ class VideoWriter:
                                f"{', '.join(_CONTAINERS)} or a folder for a PNG sequence.")
         if self._audio_from is not None and not self._audio_from.exists():
             raise VideoIOError(f"Audio source not found: {self._audio_from}")
+        # Continuing an interrupted output (resume): its first keep_frames frames stay as they are.
+        self._continue_from = Path(continue_from) if continue_from is not None else None
+        self._keep_frames = int(keep_frames)
+        if self._keep_frames and (not crash_safe or (self._png_pattern is None and self._continue_from is None)):
+            raise ValueError("keep_frames continues a crash-safe output: give continue_from (the interrupted video)")
+        if size is not None:
+            self._size = (int(size[0]), int(size[1]))
+            self._open(*self._size)
 
     # ---- public API ---------------------------------------------------------------------------
 
@@ -141,6 +150,14 @@ class VideoWriter:
             self.write(frame)
             count += 1
         return count
+
+    @property
+    def durable_frames(self) -> int:
+        """Frames that are in the file even if the process is killed now: a muxer finishes a sample only when
+        the next one arrives, so the last frame of an open video is not yet counted."""
+        if self._png_pattern is not None or self._closed:
+            return self.frames_written
+        return max(self._keep_frames, self.frames_written - 1)
 
     @property
     def duration(self) -> float:
@@ -196,6 +213,10 @@ class VideoWriter:
             Path(self._png_pattern).parent.mkdir(parents=True, exist_ok=True)
             if self._audio_from is not None:
                 logger.warning("PNG sequences have no sound; ignoring audio_from=%s", self._audio_from)
+            if self._keep_frames:
+                from .prefix import truncate_png_sequence
+                truncate_png_sequence(self._png_pattern, self._keep_frames)
+                self.frames_written = self._keep_frames
             return
         muxer, default_codec, audio_codec = _CONTAINERS[self.path.suffix.lower()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +246,10 @@ class VideoWriter:
                                               start=self._audio_start, transcode_codec=audio_codec)
                 else:
                     logger.info("%s has no audio stream; writing video only.", self._audio_from)
+            if self._keep_frames:
+                from .prefix import copy_video_prefix
+                copy_video_prefix(self._continue_from, self._container, self._stream, self._keep_frames)
+                self.frames_written = self._keep_frames
         except Exception:
             self._container.close()
             self._closed = True

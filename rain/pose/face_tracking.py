@@ -68,6 +68,24 @@ class _Tracker:
         if self.smoothing is not None:
             self.smoothing.reset()
 
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, JSON-able values): held landmarks, smoothing memory and counts, for resuming exactly."""
+        arrays = {} if self._previous is None else {"previous": self._previous}
+        values = {"stats": self.stats.as_dict()}
+        if self.smoothing is not None:
+            smooth_arrays, values["smoothing"] = self.smoothing.state_dict()
+            arrays.update({f"smoothing.{k}": v for k, v in smooth_arrays.items()})
+        return arrays, values
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], values: dict) -> None:
+        previous = arrays.get("previous")
+        self._previous = None if previous is None else np.array(previous)
+        for name, count in values["stats"].items():
+            setattr(self.stats, name, int(count))
+        if self.smoothing is not None:
+            self.smoothing.load_state_dict({k[len("smoothing."):]: v for k, v in arrays.items()
+                                            if k.startswith("smoothing.")}, values.get("smoothing", {}))
+
     def _finish(self, points: np.ndarray, nothing_seen: bool, holdable: bool) -> np.ndarray | None:
         self.stats.frames += 1
         if nothing_seen:

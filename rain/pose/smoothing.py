@@ -39,6 +39,18 @@ class OneEuroFilter:
         self._fresh: np.ndarray | None = None  # elements with no history (start, or after being invalid)
         self._time: float | None = None
 
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, JSON-able values): the filter's whole memory, for resuming a render exactly."""
+        arrays = {} if self._value is None else {"value": self._value, "speed": self._speed, "fresh": self._fresh}
+        return arrays, {"time": self._time}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], values: dict) -> None:
+        self.reset()
+        if arrays:
+            self._value, self._speed = np.array(arrays["value"]), np.array(arrays["speed"])
+            self._fresh = np.array(arrays["fresh"], dtype=bool)
+        self._time = values.get("time")
+
     def __call__(self, values: np.ndarray, valid: np.ndarray | None = None, timestamp: float | None = None
                  ) -> np.ndarray:
         """Filter one sample.  ``valid`` (broadcastable bool mask): invalid elements pass through unchanged and
