@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from rain.io import (ResumeState, VideoIOError, VideoWriter, clear_resume_state, count_frames,
-                     load_resume_state, probe, read_frames, resume_state_path, save_resume_state)
+from rain.io import (ResumeRefused, ResumeStore, VideoIOError, VideoWriter, count_frames, probe, read_frames,
+                     resume_dir)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,44 +286,55 @@ def test_source_without_audio_and_formats_without_audio(tmp_path):
 
 # ---- resume state -----------------------------------------------------------------------------------
 
-def test_resume_state_round_trip(tmp_path):
+def test_resume_store_round_trip_and_refusals(tmp_path):
+    import torch
+
+    from rain.io.resume import check_same, file_fingerprint
     output = tmp_path / "render.mp4"
-    assert load_resume_state(output) is None
-    settings = {"reference": "ref.png", "seed": 42, "size": (512, 512)}
-    path = save_resume_state(ResumeState(str(output), 120, total_frames=900, settings=settings))
-    assert path == resume_state_path(output) == tmp_path / "render.mp4.resume.json"
-    state = load_resume_state(output)
-    assert (state.frames_done, state.total_frames) == (120, 900)
-    assert state.matches(settings) and not state.matches({**settings, "seed": 1})
-    state.frames_done = 124
-    save_resume_state(state)
-    assert load_resume_state(output).frames_done == 124
-    clear_resume_state(output)
-    assert load_resume_state(output) is None
-    clear_resume_state(output)  # no error when already gone
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"frames" * 1000)
+    store = ResumeStore(output)
+    assert store.load() is None and store.folder == resume_dir(output) == tmp_path / "render.mp4.resume"
+    settings = {"seed": 42, "size": [512, 512]}
+    inputs = {"driving video": {"path": str(video), "fingerprint": file_fingerprint(video)}}
+    store.save({"a": torch.arange(3.0)}, {"frames_written": 64, "settings": settings, "inputs": inputs})
+    store.save({"a": torch.arange(4.0)}, {"frames_written": 128, "settings": settings, "inputs": inputs})
+    tensors, record = store.load()
+    assert record["frames_written"] == 128 and torch.equal(tensors["a"], torch.arange(4.0))
+    assert sorted(p.name for p in store.folder.iterdir()) == ["state-000000128.safetensors", "state.json"]
+    check_same(record, settings, {"driving video": video}, output)
+    with pytest.raises(ResumeRefused, match="the setting 'seed' changed — it was 42 when the render started, now 1"):
+        check_same(record, {**settings, "seed": 1}, {"driving video": video}, output)
+    video.write_bytes(b"other" * 1000)
+    with pytest.raises(ResumeRefused, match="the driving video .* changed since the render started"):
+        check_same(record, settings, {"driving video": video}, output)
+    store.clear()
+    assert not store.folder.exists() and store.load() is None
+    store.clear()  # no error when already gone
 
 
 def test_damaged_resume_state(tmp_path):
-    output = tmp_path / "render.mp4"
-    resume_state_path(output).write_text("{not json")
+    store = ResumeStore(tmp_path / "render.mp4")
+    store.folder.mkdir()
+    (store.folder / "state.json").write_text("{not json")
     with pytest.raises(VideoIOError, match="damaged"):
-        load_resume_state(output)
-    resume_state_path(output).write_text('{"version": 99, "output": "x", "frames_done": 1}')
-    with pytest.raises(VideoIOError, match="another version"):
-        load_resume_state(output)
+        store.load()
 
 
-def test_resume_uses_frames_really_in_the_file(tmp_path):
-    # The sidecar may run ahead of a killed render's file: count what is really there.
-    output = tmp_path / "render.mp4"
-    kill_while_writing(output, 20)
-    save_resume_state(ResumeState(str(output), frames_done=20))
-    done = min(load_resume_state(output).frames_done, count_frames(output))
-    assert done in (19, 20)
-    # Continue: copy the finished frames into a new file, then render the rest.
-    partial = output.with_name("render.partial.mp4")
-    output.rename(partial)
-    with VideoWriter(output, 25) as writer:
-        writer.write_many(read_frames(partial, max_frames=done))
-        writer.write_many(pattern(i) for i in range(done, 30))
-    assert [index_of(f) for f in read_frames(output)] == list(range(30))
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm"])
+def test_interrupted_video_is_continued_from_its_first_frames(tmp_path, suffix):
+    frames = [pattern(i) for i in range(12)]
+    with VideoWriter(tmp_path / f"first{suffix}", 25) as writer:
+        writer.write_many(frames)
+    with VideoWriter(tmp_path / f"next{suffix}", 25, size=frames[0].shape[:2], continue_from=tmp_path / f"first{suffix}",
+                     keep_frames=7) as writer:
+        assert writer.frames_written == 7
+        writer.write_many(frames[7:])
+    with av.open(str(tmp_path / f"first{suffix}")) as a, av.open(str(tmp_path / f"next{suffix}")) as b:
+        first = [f.to_ndarray(format="rgb24") for f in a.decode(video=0)]
+        continued = [f.to_ndarray(format="rgb24") for f in b.decode(video=0)]
+    assert len(continued) == 12
+    assert all(np.array_equal(x, y) for x, y in zip(first[:7], continued[:7]))   # the very packets
+    with pytest.raises(VideoIOError, match="holds only 12 of the 20 frames"):
+        VideoWriter(tmp_path / f"more{suffix}", 25, size=frames[0].shape[:2],
+                    continue_from=tmp_path / f"first{suffix}", keep_frames=20)

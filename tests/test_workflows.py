@@ -53,7 +53,7 @@ HOST_NODES = {
 }
 FRONTEND_ONLY = {"Note", "MarkdownNote"}          # drawn by the frontend, never executed
 HOST_OUTPUT_NODES = {"SaveVideo", "PreviewImage", "SaveImage", "VHS_VideoCombine"}
-DWPOSE_NODES = {"RAIN_FaceLandmarks", "RAIN_WholeBodyPose", "RAIN_Live"}
+DWPOSE_NODES = {"RAIN_FaceLandmarks", "RAIN_WholeBodyPose", "RAIN_Live", "RAIN_RenderVideo"}
 DICT_WIDGETS = {"VHS_LoadVideo", "VHS_VideoCombine", "VHS_VideoInfoLoaded"}  # VHS saves widgets_values by name
 MODEL_FILES = ("models/rain", "motion_unet.pth", "reference_unet.pth", "pose_guider.pth", "taesdv.pth",
                "sd-vae-ft-mse", "image_encoder", "Pscgylotti/RAIN-v0.1")
@@ -80,6 +80,7 @@ def our_node(cls) -> tuple[list, list, dict]:
             kind = "COMBO" if isinstance(spec[0], list) else spec[0]
             options = spec[1] if len(spec) > 1 else {}
             count = (1 if kind in WIDGET_TYPES else 0) + (1 if options.get("control_after_generate") else 0)
+            count += 1 if options.get("video_upload") else 0   # the frontend's upload button stores a value too
             inputs.append((name, kind, count))
             kinds[name] = spec[0]
     return inputs, list(cls.RETURN_TYPES), kinds
@@ -102,7 +103,8 @@ def output_nodes(pack) -> set[str]:
 
 def test_workflows_are_shipped():
     names = {p.stem for p in WORKFLOWS}
-    assert {"rain_face_morphing", "rain_style_transfer", "rain_whole_body", "rain_live_face"} <= names
+    assert {"rain_face_morphing", "rain_style_transfer", "rain_whole_body", "rain_live_face",
+            "rain_long_video"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -180,6 +182,9 @@ def check_our_values(pack, node, values):
         if isinstance(kind, list):
             if node["type"] == "RAIN_LoadModel" and name == "motion_unet":
                 assert value.endswith("motion_unet.pth")   # depends on the user's folder
+            elif options.get("video_upload"):
+                assert isinstance(value, str) and values[position] == "image"  # the user's input folder; upload
+                position += 1
             else:
                 assert value in kind, (node["type"], name, value)
         elif kind in ("INT", "FLOAT"):
@@ -245,4 +250,20 @@ def test_live_workflow(pack):
     note = "\n".join(n["widgets_values"][0] for n in live["nodes"] if n["type"] in FRONTEND_ONLY)
     for needed in ("OBS", "Browser Source", "/rain/live/viewer?session=node-" + str(nodes["RAIN_Live"]["id"]),
                    "python -m rain live", "frames_per_group"):
+        assert needed in note, needed
+
+
+def test_long_video_workflow(pack):
+    long = load(REPO / "workflows" / "rain_long_video.json")
+    nodes = {n["type"]: n for n in long["nodes"]}
+    assert {"LoadImage", "RAIN_LoadModel", "RAIN_FuseReference", "RAIN_RenderVideo", "PreviewImage"} <= set(nodes)
+    node = pack.NODE_CLASS_MAPPINGS["RAIN_RenderVideo"]
+    assert node.OUTPUT_NODE and node.RETURN_TYPES == ("VIDEO", "IMAGE")
+    widgets = [name for name, _, count in our_node(node)[0] for _ in range(count)]
+    values = dict(zip(widgets, nodes["RAIN_RenderVideo"]["widgets_values"]))   # first value of a name wins below
+    values = {name: nodes["RAIN_RenderVideo"]["widgets_values"][widgets.index(name)] for name in values}
+    assert values["task"] == "face landmarks" and values["format"] == "mp4" and values["keep_audio"] is True
+    assert values["resume"] is False and values["save_every"] > 0 and values["filename_prefix"] == "RAIN/long"
+    note = "\n".join(n["widgets_values"][0] for n in long["nodes"] if n["type"] in FRONTEND_ONLY)
+    for needed in ("resume", ".partial.mp4", ".resume/", "python -m rain animate", "--resume", "frames/s"):
         assert needed in note, needed
