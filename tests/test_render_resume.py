@@ -205,3 +205,86 @@ def test_progress_reports_frames_speed_and_time_left(tiny_pipeline, reference, d
     assert late and all(p.seconds_left is not None and p.seconds_left >= 0 for p in late)
     assert seen[-1].seconds_left == 0
     assert f"{FRAMES}/{FRAMES} frames" in seen[-1].describe() and "frames/s" in seen[-1].describe()
+
+
+@pytest.mark.parametrize("tracker_name", ["FaceLandmarkTracker", "BodyKeypointTracker"])
+def test_landmark_tracking_and_smoothing_state_continue_exactly(tracker_name):
+    import rain.pose.face_tracking as tracking
+    from rain.pose.dwpose import PoseDetection
+    from rain.pose.smoothing import OneEuroFilter
+
+    rng = np.random.default_rng(4)
+
+    def detection():
+        scores = rng.uniform(0, 1, 134)       # some points unseen, some frames without a face at all
+        if rng.uniform() < 0.2:
+            scores[:] = 0
+        return PoseDetection(rng.uniform(0, 512, (134, 2)), scores, np.array([0.0, 0, 10, 10]), np.zeros((0, 4)),
+                             (512, 512))
+    stream = [detection() for _ in range(40)]
+    make = getattr(tracking, tracker_name)
+    whole = make(smoothing=OneEuroFilter(rate=25))
+    expected = [whole.update(d) for d in stream]
+    first = make(smoothing=OneEuroFilter(rate=25))
+    for d in stream[:17]:
+        first.update(d)
+    arrays, values = first.state_dict()
+    values = __import__("json").loads(__import__("json").dumps(values))    # as stored in state.json
+    arrays = {k: torch.from_numpy(np.ascontiguousarray(v)).numpy() for k, v in arrays.items()}
+    second = make(smoothing=OneEuroFilter(rate=25))
+    second.load_state_dict(arrays, values)
+    rest = [second.update(d) for d in stream[17:]]
+    for got, want in zip(rest, expected[17:]):
+        assert (got is None and want is None) or np.array_equal(got, want)
+    assert second.stats == whole.stats
+
+
+# -- python -m rain animate --resume ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def face_models(tmp_path_factory):
+    """make-tiny-models output: reduced models plus DWPose stand-ins (one made-up face in every frame)."""
+    from rain.cli import main
+    folder = tmp_path_factory.mktemp("face_models")
+    assert main(["make-tiny-models", str(folder)]) == 0
+    return folder
+
+
+def animate(models, folder, *extra, output="out"):
+    from rain.cli import main
+    return main(["animate", "--models-dir", str(models), "--reference", str(folder / "ref.png"), "--driving",
+                 str(folder / "take.mp4"), "-o", str(folder / output), "--task", "face", "--size", "64",
+                 "--frames-per-group", "2", "--groups", "2", "--save-every", "5", *extra])
+
+
+def test_cli_resume_continues_a_face_render_exactly_and_refuses_changes(face_models, tmp_path, monkeypatch, capsys):
+    from rain.pipeline import RainPipeline
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), np.uint8)).save(tmp_path / "ref.png")
+    write_driving(tmp_path / "take.mp4", frames=25)
+    assert animate(face_models, tmp_path, output="full") == 0
+    real = DrivingSource.__iter__
+
+    def interrupted(source):
+        for frame in real(source):
+            if source.position == 14:
+                raise KeyboardInterrupt
+            yield frame
+    monkeypatch.setattr(DrivingSource, "__iter__", interrupted)
+    assert animate(face_models, tmp_path) == 130
+    err = capsys.readouterr().err
+    assert f"(state in {tmp_path / 'out.resume'})" in err and "Resume continues after frame" in err
+    monkeypatch.undo()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the resume check")
+    monkeypatch.setattr(RainPipeline, "from_models_dir", refuse)
+    assert animate(face_models, tmp_path, "--resume", "--seed", "3") == 2
+    assert "the setting 'seed' changed — it was 42 when the render started, now 3" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    assert animate(face_models, tmp_path, "--resume") == 0
+    assert "continued after the" in capsys.readouterr().out
+    ours, theirs = png_frames(tmp_path / "out"), png_frames(tmp_path / "full")
+    assert len(ours) == len(theirs) == 25 and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    assert not (tmp_path / "out.resume").exists()
+    assert animate(face_models, tmp_path, "--resume") == 2
+    assert "Nothing to resume" in capsys.readouterr().err
