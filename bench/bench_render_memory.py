@@ -94,8 +94,9 @@ def main() -> None:
     half = len(steady) // 2
     print(f"\nrendered {result.frames_out} frames in {seconds:.0f} s ({result.frames_out / seconds:.1f} frames/s), "
           f"output {(work / 'out.mp4').stat().st_size / 1e6:.1f} MB")
-    print(f"RSS: {samples[0][1]:.1f} MB at the start, {min(m for _, m in steady):.1f}–{max(m for _, m in steady):.1f} "
-          f"MB after 2,000 frames, {samples[-1][1]:.1f} MB at the end")
+    low, high = min(m for _, m in steady), max(m for _, m in steady)
+    print(f"RSS: {samples[0][1]:.1f} MB at the start, {low:.1f}–{high:.1f} MB after 2,000 frames, "
+          f"{samples[-1][1]:.1f} MB at the end")
     print(f"growth after warm-up: {slope(steady):+.3f} MB per 1,000 frames "
           f"(first half {slope(steady[:half + 1]):+.3f}, second half {slope(steady[half:]):+.3f})")
 

@@ -179,7 +179,10 @@ class RainRenderVideo:
         if resume and found is None:
             log.info("RAIN Render Video: no interrupted render of %s to resume; starting %s", filename_prefix, name)
         audio = path if keep_audio and info.has_audio else None
-        resume_spec = ResumeSpec(settings=_identity(rain_model, reference, settings, source, out_fps, audio),
+        identity = _identity(rain_model, reference, settings, source, out_fps, audio)
+        if kind in ("face", "body"):
+            identity.update(detector=detector, pose_model=pose_model, provider=provider)
+        resume_spec = ResumeSpec(settings=identity,
                                  inputs={"driving video": path}, save_every=int(save_every),
                                  resume=found is not None)
 

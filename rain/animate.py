@@ -233,12 +233,13 @@ def resume_spec(job: AnimateJob):
               else str(args.image_encoder)}
     pose = {"task": args.task, "size": list(job.size), "fps": job.resample_fps, "start": args.start,
             "max_frames": args.max_frames, "crop": args.crop, "missing": args.missing,
-            "depth_model": None if getattr(args, "depth_model", None) is None else str(args.depth_model)}
+            "depth_model": None if getattr(args, "depth_model", None) is None else str(args.depth_model),
+            "dwpose": None if job.dwpose is None else [str(path) for path in job.dwpose]}
     settings = {**asdict(job.settings), **pose, "output_fps": job.fps, "sound": job.audio is not None,
                 "dtype": str(dtype).replace("torch.", ""), "device": str(device).split(":")[0], **models}
     inputs = {"driving video": Path(args.driving), "reference image": Path(args.reference)}
-    return ResumeSpec(settings=settings, inputs=inputs, save_every=_save_every(args), resume=bool(getattr(args, 'resume', False)),
-                      missing_ok=False)
+    return ResumeSpec(settings=settings, inputs=inputs, save_every=_save_every(args),
+                      resume=bool(getattr(args, "resume", False)), missing_ok=False)
 
 
 def _save_every(args) -> int:

@@ -326,8 +326,8 @@ def test_interrupted_video_is_continued_from_its_first_frames(tmp_path, suffix):
     frames = [pattern(i) for i in range(12)]
     with VideoWriter(tmp_path / f"first{suffix}", 25) as writer:
         writer.write_many(frames)
-    with VideoWriter(tmp_path / f"next{suffix}", 25, size=frames[0].shape[:2], continue_from=tmp_path / f"first{suffix}",
-                     keep_frames=7) as writer:
+    with VideoWriter(tmp_path / f"next{suffix}", 25, size=frames[0].shape[:2],
+                     continue_from=tmp_path / f"first{suffix}", keep_frames=7) as writer:
         assert writer.frames_written == 7
         writer.write_many(frames[7:])
     with av.open(str(tmp_path / f"first{suffix}")) as a, av.open(str(tmp_path / f"next{suffix}")) as b:

@@ -241,11 +241,14 @@ def test_landmark_tracking_and_smoothing_state_continue_exactly(tracker_name):
 
 # -- python -m rain animate --resume ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def face_models(tmp_path_factory):
-    """make-tiny-models output: reduced models plus DWPose stand-ins (one made-up face in every frame)."""
-    from rain.cli import main
-    folder = tmp_path_factory.mktemp("face_models")
-    assert main(["make-tiny-models", str(folder)]) == 0
+def face_models(tiny_models_dir, tmp_path_factory):
+    """The reduced models plus DWPose stand-ins (one made-up face in every frame), as make-tiny-models writes."""
+    import shutil
+
+    from rain.devtools import write_tiny_dwpose
+    folder = tmp_path_factory.mktemp("face_models") / "models"
+    shutil.copytree(tiny_models_dir, folder)
+    write_tiny_dwpose(folder)
     return folder
 
 
@@ -259,13 +262,13 @@ def animate(models, folder, *extra, output="out"):
 def test_cli_resume_continues_a_face_render_exactly_and_refuses_changes(face_models, tmp_path, monkeypatch, capsys):
     from rain.pipeline import RainPipeline
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), np.uint8)).save(tmp_path / "ref.png")
-    write_driving(tmp_path / "take.mp4", frames=25)
+    write_driving(tmp_path / "take.mp4", frames=13)
     assert animate(face_models, tmp_path, output="full") == 0
     real = DrivingSource.__iter__
 
     def interrupted(source):
         for frame in real(source):
-            if source.position == 14:
+            if source.position == 9:
                 raise KeyboardInterrupt
             yield frame
     monkeypatch.setattr(DrivingSource, "__iter__", interrupted)
@@ -284,7 +287,7 @@ def test_cli_resume_continues_a_face_render_exactly_and_refuses_changes(face_mod
     assert animate(face_models, tmp_path, "--resume") == 0
     assert "continued after the" in capsys.readouterr().out
     ours, theirs = png_frames(tmp_path / "out"), png_frames(tmp_path / "full")
-    assert len(ours) == len(theirs) == 25 and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    assert len(ours) == len(theirs) == 13 and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
     assert not (tmp_path / "out.resume").exists()
     assert animate(face_models, tmp_path, "--resume") == 2
     assert "Nothing to resume" in capsys.readouterr().err

@@ -62,8 +62,8 @@ def _jsonable(value):
 
 def check_same(saved: dict, settings: dict, inputs: dict, output: Path) -> None:
     """Raise ``ResumeRefused`` naming the first setting or input file that differs from the saved render."""
-    how = (f"Run it with the settings it was started with, or without resume to render {output.name} from the "
-           f"beginning (the saved state in {resume_dir(output)} is then replaced).")
+    how = (f"Resume with the settings and inputs it was started with, or render without resume to start from the "
+           f"beginning (the state saved in {resume_dir(output)} is kept until then).")
     before, now = saved.get("settings", {}), _jsonable(settings)
     for key in list(now) + [k for k in before if k not in now]:
         if before.get(key) != now.get(key):
