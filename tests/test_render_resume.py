@@ -2,6 +2,7 @@
 one frame for frame, changed settings or inputs refuse to resume, the state goes once the render completes, and a
 video output is continued playable with the right number of frames."""
 
+import sys
 from pathlib import Path
 
 import av
@@ -291,3 +292,51 @@ def test_cli_resume_continues_a_face_render_exactly_and_refuses_changes(face_mod
     assert not (tmp_path / "out.resume").exists()
     assert animate(face_models, tmp_path, "--resume") == 2
     assert "Nothing to resume" in capsys.readouterr().err
+
+
+KILLED_RENDER = """
+import os, signal, sys
+import sys
+from pathlib import Path
+import numpy as np
+import torch
+from PIL import Image
+torch.set_num_threads(1)
+from rain.pipeline import RainPipeline
+from rain.render import Callbacks, OutputSpec, ResumeSpec, SourceSpec, render_video
+from rain.sampling.stream import StreamSettings
+models, driving, output = sys.argv[1:4]
+pipe = RainPipeline.from_models_dir(models)
+image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (80, 72, 3), np.uint8))
+reference = pipe.fuse_reference(image, 64, 64)
+settings = StreamSettings(frames_per_group=4, num_groups=3, seed=11, decoder="taesdv")
+
+def progress(step):
+    if step.frames_out >= 24:
+        os.kill(os.getpid(), signal.SIGKILL)      # no cleanup at all: the writer is never closed
+
+render_video(pipe, reference, settings, SourceSpec(Path(driving), "pose", (64, 64)), OutputSpec(Path(output), 16.0),
+             expected_frames=37, resume=ResumeSpec(settings={"seed": 11, "frames_per_group": 4, "size": [64, 64]},
+                                                   inputs={"driving video": Path(driving)}, save_every=4),
+             callbacks=Callbacks(progress=progress))
+"""
+
+
+def test_a_killed_render_resumes_from_frames_that_reached_the_disk(tiny_pipeline, tiny_models_dir, reference,
+                                                                   driving, tmp_path):
+    import json
+    import subprocess
+    output = tmp_path / "out.mp4"
+    repo = Path(__file__).resolve().parent.parent
+    killed = subprocess.run([sys.executable, "-c", KILLED_RENDER, str(tiny_models_dir), str(driving), str(output)],
+                            cwd=repo, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    saved = json.loads((resume_dir(output) / "state.json").read_text())["frames_written"]
+    on_disk = len(video_frames(tmp_path / "out.partial.mp4"))
+    assert 0 < saved <= on_disk                    # the state only names frames that are in the file
+    run(tiny_pipeline, reference, driving, output, resume=True)
+    run(tiny_pipeline, reference, driving, tmp_path / "full.mp4", save_every=0)
+    ours, theirs = video_frames(output), video_frames(tmp_path / "full.mp4")
+    assert len(ours) == FRAMES
+    assert all(np.array_equal(a, b) for a, b in zip(ours[:saved], theirs[:saved]))
+    assert all(np.abs(a.astype(int) - b.astype(int)).mean() < 3 for a, b in zip(ours, theirs))

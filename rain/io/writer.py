@@ -89,6 +89,10 @@ class VideoWriter:
     ``crf`` to the encoder's usual quality (x264: 19). ``audio_from`` copies the sound of
     that file (e.g. the driving video), from ``audio_start`` seconds on, trimmed to the
     length of the written video. ``options`` are passed to the encoder.
+
+    Resume: ``keep_frames=N`` continues an interrupted output — a PNG sequence keeps its first N frames in place;
+    a video copies the first N frames (packets) of ``continue_from`` and appends after them (``rain.io.prefix``).
+    ``size`` (H, W) opens the file at once instead of at the first frame.
     """
 
     def __init__(self, path: PathLike, fps: float | Fraction, *, codec: str | None = None,
