@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--temporal-strength", type=float, default=1.0,
                          help="scale of the motion modules' contribution (1 = as trained)")
     animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
+    animate.add_argument("--backend", choices=("eager", "compiled", "onnx", "tensorrt"), default="eager",
+                         help="how steady-state calls run: eager PyTorch, torch.compile (+ CUDA graphs), onnxruntime, "
+                              "or a TensorRT engine cached in <models-dir>/tensorrt (falls back to compiled, saying "
+                              "how to install it, when TensorRT is missing)")
     animate.add_argument("--device", default=None, help="cuda, cpu, cuda:1 … (default: cuda when available)")
     animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
                          help="default: fp16 on CUDA, fp32 on CPU")
@@ -124,7 +128,7 @@ def _driving_frames(args, size):
     stats = PoseStats()
     raw = read_frames(args.driving, fps=args.fps, start=args.start, max_frames=args.max_frames)
     return pose_frames(raw, task=args.task, detector=detector, size=size, missing=args.missing, crop=args.crop,
-                       stats=stats), stats
+                       stats=stats, batch_size=args.frames_per_group), stats
 
 
 def run_animate(args) -> int:
@@ -167,7 +171,7 @@ def run_animate(args) -> int:
     with VideoWriter(args.output, fps, audio_from=audio, audio_start=args.start / fps) as writer, \
             tqdm(total=total or None, unit="frame", desc="animating") as bar:
         # Frames are written as they come out, so an interrupted render leaves a playable file.
-        for frame in pipe.stream(poses, reference, settings):
+        for frame in pipe.stream(poses, reference, settings, **_backend_options(args)):
             writer.write(frame)
             written += 1
             bar.update(1)
@@ -176,6 +180,14 @@ def run_animate(args) -> int:
     if stats is not None:
         print(stats.summary())
     return 0
+
+
+def _backend_options(args) -> dict:
+    if args.backend == "eager":
+        return {}
+    from .accel.backends import PrintedProgress
+    return {"backend": args.backend, "progress": PrintedProgress(),
+            "notify": lambda message: print(message, file=sys.stderr)}
 
 
 def run_make_tiny_models(args) -> int:

@@ -34,6 +34,41 @@ def randomise_weights(module: torch.nn.Module, generator: torch.Generator) -> No
                 parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
 
 
+def random_stream_models(block_out_channels=(32, 64, 96, 96), *, layers_per_block: int = 2,
+                         pose_channels: int | None = None, seed: int = 0, randomise: bool = True):
+    """The stream's models (denoiser, pose guider, TAESDV) with random weights, built in memory — for speed
+    measurements and the accelerated-backend tests (speed and graph structure do not depend on the values)."""
+    from .loading import RainModels
+    generator = torch.Generator().manual_seed(seed)
+    unet = VideoUNet(UNetConfig(block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block))
+    guider = PoseGuider(PoseGuiderConfig(conditioning_embedding_channels=pose_channels or block_out_channels[0]))
+    taesdv = TAESDV()
+    if randomise:
+        for module in (unet, guider, taesdv):
+            randomise_weights(module, generator)
+    return RainModels(unet.eval().requires_grad_(False), guider.eval().requires_grad_(False),
+                      taesdv=taesdv.eval().requires_grad_(False))
+
+
+def random_reference(unet: VideoUNet, height: int, width: int, *, images: int = 1, seed: int = 0,
+                     dtype: torch.dtype = torch.float16):
+    """A ``Reference`` with random features of the right shapes for ``unet`` at ``height``×``width``."""
+    from .models.reference_attention import reference_blocks
+    from .pipeline import Reference
+    generator = torch.Generator().manual_seed(seed)
+    device = unet.conv_in.weight.device
+    features = {}
+    for name, block in reference_blocks(unet).items():
+        level = int(name[1]) if name != "m" else len(unet.config.block_out_channels) - 1
+        if name.startswith("u"):
+            level = len(unet.config.block_out_channels) - 1 - int(name[1])
+        tokens = (height // 8 >> level) * (width // 8 >> level) * images
+        features[name] = torch.randn(1, tokens, block.norm1.normalized_shape[0], generator=generator).to(device,
+                                                                                                         dtype)
+    context = torch.randn(1, 1, unet.config.cross_attention_dim, generator=generator).to(device)
+    return Reference(features, context, height, width)
+
+
 def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
     """Write reference_unet.pth, motion_unet.pth, pose_guider.pth, taesdv.pth, sd-vae-ft-mse/ and
     image_encoder/ with reduced widths and random weights into ``models_dir``."""

@@ -194,16 +194,18 @@ class RainPipeline:
         return make_decoder(self.models, name, self.device, self.dtype)
 
     def stream(self, poses: Iterable[ImageLike], reference: Reference, settings: StreamSettings | None = None, *,
-               noise=None) -> Iterator[torch.Tensor]:
+               noise=None, **stream_options) -> Iterator[torch.Tensor]:
         """Yield finished frames ([H,W,3] float32 in [0,1] on the CPU) as soon as they are clean; the size
-        comes from the first pose frame. A finite input is drained so every frame comes out."""
+        comes from the first pose frame. A finite input is drained so every frame comes out.
+        ``stream_options`` go to ``open_stream`` (e.g. ``backend="tensorrt"``)."""
         poses = iter(poses)
         first = next(poses, None)
         if first is None:
             raise ValueError("no pose frames were given")
         first = to_pose_tensor(first)
         height, width = first.shape[1:]
-        stream = self.open_stream(reference, settings, height=height, width=width, noise=noise)
+        stream = self.open_stream(reference, settings, height=height, width=width, noise=noise,
+                                  **stream_options)
 
         def tensors():
             yield first

@@ -5,7 +5,8 @@ with ``static``): a call copies the new pose frames and noise in, replays the wh
 LCM step, TAESDV — as one launch, and copies the carried outputs back into the input buffers the next call reads,
 so the window, pose features and decoder memory never leave the GPU and there is no per-kernel launch overhead.
 All streams of one compiled step share one memory pool for the graphs' activations (they run one at a time).
-On the CPU there is nothing to capture: the compiled function is called directly.
+On the CPU there is nothing to capture, and Inductor's code was not faster than eager PyTorch on the dev
+machine (bench/NOTES.md), so there the fused step runs eagerly unless ``compile_on_cpu=True``.
 """
 
 from __future__ import annotations
@@ -65,12 +66,17 @@ class CompiledStep:
     backend = "compiled"
 
     def __init__(self, step: FusedStreamStep, height: int, width: int, constants: dict[str, torch.Tensor], *,
-                 cuda_graphs: bool | None = None, channels_last: bool | None = None, mode: str | None = None):
+                 cuda_graphs: bool | None = None, channels_last: bool | None = None, mode: str | None = None,
+                 compile_on_cpu: bool = False):
         self.step = step
         self.height, self.width = height, width
         self.device = step.unet.conv_in.weight.device
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        self.function = compile_step(step, channels_last=channels_last, mode=mode)
+        if self.device.type == "cpu" and not compile_on_cpu:
+            log.info("RAIN: on the CPU the fused step runs eagerly (torch.compile was not faster there)")
+            self.function = step
+        else:
+            self.function = compile_step(step, channels_last=channels_last, mode=mode)
         self.input_specs, self.output_specs = step.specs(height, width, constants)
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 

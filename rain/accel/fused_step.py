@@ -31,6 +31,7 @@ from ..sampling.lcm import PerFrameLCM, StepCoefficients
 from ..sampling.stream import group_timesteps
 
 STATE_INPUTS = ("latents", "pose_features", "poses", "new_latents", "step_noise")
+_COEFFICIENTS = tuple(item.name for item in fields(StepCoefficients))
 
 
 def memory_shapes(taesdv: TAESDV, height: int, width: int) -> list[tuple[int, ...]]:
@@ -94,8 +95,8 @@ class FusedStreamStep(nn.Module):
                              f"context); none given for {lacking}")
         device = unet.conv_in.weight.device
         coefficients = PerFrameLCM(num_groups).coefficients(steady_timesteps(frames_per_group, num_groups), device)
-        for item in fields(StepCoefficients):
-            self.register_buffer(f"lcm_{item.name}", getattr(coefficients, item.name), persistent=False)
+        for name in _COEFFICIENTS:
+            self.register_buffer(f"lcm_{name}", getattr(coefficients, name), persistent=False)
 
     # -- names and shapes of the graph's inputs and outputs ---------------------------------------------------
     @property
@@ -161,7 +162,7 @@ class FusedStreamStep(nn.Module):
 
     # -- the call -----------------------------------------------------------------------------------------------
     def coefficients(self) -> StepCoefficients:
-        return StepCoefficients(**{item.name: getattr(self, f"lcm_{item.name}") for item in fields(StepCoefficients)})
+        return StepCoefficients(**{name: getattr(self, f"lcm_{name}") for name in _COEFFICIENTS})
 
     def forward(self, latents: torch.Tensor, pose_features: torch.Tensor, poses: torch.Tensor,
                 new_latents: torch.Tensor, step_noise: torch.Tensor, temb: torch.Tensor, *rest: torch.Tensor):

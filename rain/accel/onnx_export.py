@@ -32,15 +32,15 @@ EXTERNAL_DATA_ABOVE = 1_800_000_000
 EXPORT_REQUIREMENTS = ("onnx", "onnxscript")
 
 
-class ExportUnavailable(RuntimeError):
-    """The packages the exporter needs are missing."""
+class BackendUnavailable(ValueError):
+    """A package the chosen backend needs is missing; the message says what to install."""
 
 
 def check_export_requirements() -> None:
     import importlib.util
     missing = [name for name in EXPORT_REQUIREMENTS if importlib.util.find_spec(name) is None]
     if missing:
-        raise ExportUnavailable(f"exporting the stream step to ONNX needs {' and '.join(missing)}: "
+        raise BackendUnavailable(f"exporting the stream step to ONNX needs {' and '.join(missing)}: "
                                 f"pip install {' '.join(missing)} (or the pack's optional extra 'tensorrt')")
 
 
@@ -108,7 +108,7 @@ def session_providers(device: torch.device) -> list:
     import onnxruntime as ort
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("the onnx backend on a GPU needs onnxruntime-gpu (pip install onnxruntime-gpu, or "
+            raise BackendUnavailable("the onnx backend on a GPU needs onnxruntime-gpu (pip install onnxruntime-gpu, or "
                                "the pack's optional extra 'gpu'); use the compiled or tensorrt backend otherwise")
         return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
