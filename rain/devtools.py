@@ -53,18 +53,12 @@ def random_stream_models(block_out_channels=(32, 64, 96, 96), *, layers_per_bloc
 def random_reference(unet: VideoUNet, height: int, width: int, *, images: int = 1, seed: int = 0,
                      dtype: torch.dtype = torch.float16):
     """A ``Reference`` with random features of the right shapes for ``unet`` at ``height``×``width``."""
-    from .models.reference_attention import reference_blocks
+    from .models.reference_attention import feature_shapes
     from .pipeline import Reference
     generator = torch.Generator().manual_seed(seed)
     device = unet.conv_in.weight.device
-    features = {}
-    for name, block in reference_blocks(unet).items():
-        level = int(name[1]) if name != "m" else len(unet.config.block_out_channels) - 1
-        if name.startswith("u"):
-            level = len(unet.config.block_out_channels) - 1 - int(name[1])
-        tokens = (height // 8 >> level) * (width // 8 >> level) * images
-        features[name] = torch.randn(1, tokens, block.norm1.normalized_shape[0], generator=generator).to(device,
-                                                                                                         dtype)
+    features = {name: torch.randn(shape, generator=generator).to(device, dtype)
+                for name, shape in feature_shapes(unet, height, width, images).items()}
     context = torch.randn(1, 1, unet.config.cross_attention_dim, generator=generator).to(device)
     return Reference(features, context, height, width)
 

@@ -65,6 +65,21 @@ def fused_step_for(pipeline, settings: StreamSettings, constants: dict[str, torc
                            frames_per_group=settings.frames_per_group, num_groups=settings.num_groups)
 
 
+def placeholder_constants(pipeline, settings: StreamSettings, height: int, width: int, *,
+                          references: int = 1) -> dict[str, torch.Tensor]:
+    """Constants of the right shapes (zeros) for building a backend before any reference is fused: what is
+    built depends only on shapes, and each stream hands in its own reference's constants."""
+    from ..models.reference_attention import feature_shapes
+    unet = pipeline.models.video_unet
+    weight = unet.conv_in.weight
+    features = {name: torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+                for name, shape in feature_shapes(unet, height, width, references).items()}
+    context = torch.zeros(1, 1, unet.config.cross_attention_dim, device=weight.device, dtype=weight.dtype)
+    from .fused_step import steady_constants
+    return steady_constants(unet, features, context, guidance_scale=settings.guidance_scale,
+                            frames_per_group=settings.frames_per_group, num_groups=settings.num_groups)
+
+
 def _fingerprint(pipeline) -> str:
     # Hashing ~2.7 GB of weights takes seconds: once per loaded model set.
     if "weights_fingerprint" not in pipeline.accelerated:

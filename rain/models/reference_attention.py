@@ -47,6 +47,17 @@ def reference_blocks(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {n: blocks[n] for n in order}
 
 
+def feature_shapes(unet: torch.nn.Module, height: int, width: int, references: int = 1) -> dict[str, tuple]:
+    """Shape of each cached reference feature for frames of ``height``×``width`` ([1, tokens, channels])."""
+    levels = len(unet.config.block_out_channels)
+    shapes = {}
+    for name, block in reference_blocks(unet).items():
+        level = levels - 1 if name == "m" else int(name[1]) if name[0] == "d" else levels - 1 - int(name[1])
+        tokens = (height // 8 >> level) * (width // 8 >> level) * references
+        shapes[name] = (1, tokens, block.norm1.normalized_shape[0])
+    return shapes
+
+
 FEATURE_ORDER = ("d00", "d01", "d10", "d11", "d20", "d21", "m",
                  "u10", "u11", "u12", "u20", "u21", "u22", "u30", "u31", "u32")
 
