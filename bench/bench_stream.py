@@ -155,6 +155,7 @@ class _BackendRun:
         self.setup = time.perf_counter() - started
         self.timer = StageTimer(device)
         stream = self.stream
+        self.actual = getattr(stream.steady_step, "backend", None) or backend
         if stream.steady_step is not None:
             stream.steady_step = _TimedStep(stream.steady_step, self.timer)
         else:
@@ -264,7 +265,8 @@ def run_backends(args, device, dtype):
         fps, stages, memory = run.report()
         results[backend] = fps
         latencies = run.latencies or [float("nan")]
-        print(f"  {backend}: {fps:.2f} frames/s ({1000 / fps:.1f} ms/frame); latency push→out p50 "
+        label = backend if run.actual in backend else f"{backend} (ran as {run.actual})"
+        print(f"  {label}: {fps:.2f} frames/s ({1000 / fps:.1f} ms/frame); latency push→out p50 "
               f"{1000 * _percentile(latencies, 0.5):.0f} ms, p95 {1000 * _percentile(latencies, 0.95):.0f} ms "
               f"({len(run.latencies)} frames); {memory}; setup + warm-up {run.setup:.1f} s")
         for name, ms in sorted(stages.items(), key=lambda kv: -kv[1]):
