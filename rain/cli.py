@@ -159,6 +159,7 @@ def run_animate(args) -> int:
                                         decoders=(args.decoder,))
     reference = pipe.fuse_reference(Image.open(args.reference), *size)
     logging.info("models loaded and reference fused in %.1f s", time.perf_counter() - started)
+    pipe.offload_reference(keep_vae=args.decoder == "vae")  # synthesis alone fits in less GPU memory
 
     poses, stats = _driving_frames(args, size)
     total = frames_total(info, args.fps)

@@ -133,6 +133,7 @@ class RainPipeline:
             pil_images = [to_pil(images)]
         if not pil_images:
             raise ValueError("no reference image given")
+        self._reference_part_to(self.device)
         per_image, contexts = [], []
         for image in pil_images:
             context = encode_image(self.models.image_encoder, image).to(self.dtype)
@@ -144,6 +145,23 @@ class RainPipeline:
         # Several references share one cross-attention token: their mean CLIP embedding.
         context = torch.stack(contexts).mean(0)
         return Reference(features, context, height, width, pil_images)
+
+    def _reference_part_to(self, device: torch.device | str) -> None:
+        for module in (self.models.reference_unet, self.models.image_encoder, self.models.vae):
+            if module is not None:
+                module.to(device)
+
+    def offload_reference(self, device: torch.device | str = "cpu", *, keep_vae: bool = False) -> None:
+        """Move the reference part (reference UNet, CLIP image encoder and, unless ``keep_vae`` for VAE
+        decoding, the VAE) off the GPU once references are fused: fused references stay usable, synthesis needs
+        only the denoiser, pose guider and TAESDV (the official demo's "unload reference module"). Fusing
+        again brings them back."""
+        for module in (self.models.reference_unet, self.models.image_encoder,
+                       None if keep_vae else self.models.vae):
+            if module is not None:
+                module.to(device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def refit(self, reference: Reference, height: int, width: int) -> Reference:
         """The same reference for another frame size (the reference latent must match the frames)."""

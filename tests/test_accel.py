@@ -62,10 +62,12 @@ def eager_frames(micro, references):
     return out + list(stream.run(frames[16:]))
 
 
-def run_backend(micro, references, backend, **options):
+def run_backend(micro, references, backend, during=None, **options):
     stream = micro.open_stream(references[0], StreamSettings(seed=7), backend=backend, **options)
     frames = pose_tensors(32)
     out = [o for frame in frames[:16] for o in stream.push(frame)]
+    if during is not None:
+        during(stream)
     stream.set_reference(references[1])  # a live session swaps references: no rebuild, new constants
     out += list(stream.run(frames[16:]))
     return stream, out
@@ -136,11 +138,14 @@ def test_onnx_backend_gives_the_eager_frames_over_calls_with_carried_state(micro
                                                                             monkeypatch):
     from rain.accel import onnx_export
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_ABOVE", 0)  # exercise the >2 GB layout at test size
-    stream, out = run_backend(micro, references, "onnx")
-    runner = stream.steady_step.runner
-    assert type(runner).__name__ == "OnnxRuntimeRunner"
-    # The carried state lives in the runner's bound buffers: the stream holds exactly those tensors.
-    assert stream.state.decoder_memory[0] is runner.inputs["memory.0"]
+    def state_in_bound_buffers(stream):
+        # Mid-stream the carried state lives in the runner's bound buffers: the stream holds exactly those.
+        runner = stream.steady_step.runner
+        assert type(runner).__name__ == "OnnxRuntimeRunner"
+        assert stream.state.latents is runner.inputs["latents"]
+        assert stream.state.decoder_memory[0] is runner.inputs["memory.0"]
+
+    stream, out = run_backend(micro, references, "onnx", during=state_in_bound_buffers)
     assert_close_to_golden(torch.stack(out), torch.stack(eager_frames), "onnx")
     folders = list((micro.models_dir / "tensorrt" / "onnx").glob("rain_step-*"))
     assert any(p.suffix == ".json" for p in folders)

@@ -123,10 +123,11 @@ class FusedSteadyStep:
             feed.update(zip(self.memory_names, memory))
         outputs = self.runner(feed)
         next_latents, next_pose_features = outputs["next_latents"], outputs["next_pose_features"]
+        # A static runner overwrites its output buffers on the next call: what leaves the step is a copy.
         if self.decodes:
-            frames = outputs["frames"].permute(0, 2, 3, 1).float().cpu()
+            frames = outputs["frames"].permute(0, 2, 3, 1).to("cpu", torch.float32, copy=True)
             return frames, next_latents, next_pose_features, [outputs[f"next_{n}"] for n in self.memory_names]
-        return outputs["clean"], next_latents, next_pose_features, memory
+        return outputs["clean"].clone(), next_latents, next_pose_features, memory
 
 
 def eager_steady_step(step: FusedStreamStep, height: int, width: int,
