@@ -299,20 +299,22 @@ def run_unet_ratio(args, device, dtype):
     temb = unet.time_embeddings(timesteps, 1, frames, guidance)
     cuda = torch.device(device).type == "cuda"
 
-    def timed(fn):
-        best = float("inf")
-        for _ in range(args.unet_repeats):
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = fn()
-            if cuda:
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        return best, out
+    def once(fn):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, out
 
-    full, out_full = timed(lambda: unet(sample, timesteps, context, pose, guidance))
-    pre, out_pre = timed(lambda: unet(sample, timesteps, context, pose, temb=temb, attention=attention))
+    # Alternated, best of each: on a shared machine load comes and goes; the minimum is the least disturbed.
+    full = pre = float("inf")
+    for _ in range(args.unet_repeats):
+        seconds, out_full = once(lambda: unet(sample, timesteps, context, pose, guidance))
+        full = min(full, seconds)
+        seconds, out_pre = once(lambda: unet(sample, timesteps, context, pose, temb=temb, attention=attention))
+        pre = min(pre, seconds)
     diff = (out_full.float() - out_pre.float()).abs().max().item()
     print(f"UNet call, {'released' if args.full else 'reduced'} widths, {args.size}x{args.size}, {frames} frames, "
           f"{dtype}, best of {args.unet_repeats}: full {full:.2f} s, precomputed {pre:.2f} s, "

@@ -199,6 +199,7 @@ def test_tensorrt_engine_is_built_cached_rebuilt_and_runs_on_bound_buffers(micro
 
 
 def test_tensorrt_build_can_be_cancelled(micro, references, stand_in_tensorrt, tmp_path):
+    micro.accelerated.clear()
     stream = micro.open_stream(references[0], StreamSettings(seed=7))
     with pytest.raises(InterruptedError, match="cancelled"):
         backends.build_backend(micro, "tensorrt", stream.settings, SIZE, SIZE, stream.steady_constants(),
