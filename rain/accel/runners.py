@@ -67,9 +67,20 @@ class StepRunner(ABC):
                 buffer.copy_(value)
         outputs = dict(self._run(self.inputs))
         for output, target in self.carried.items():
-            self.inputs[target].copy_(outputs[output])
+            if self.swaps_carried:
+                # Ping-pong: this call's output buffer is the next call's input, no copy.
+                self.inputs[target], self.outputs[output] = self.outputs[output], self.inputs[target]
+            else:
+                self.inputs[target].copy_(outputs[output])
             outputs[output] = self.inputs[target]
+        if self.swaps_carried:
+            self._buffers_moved()
         return outputs
+
+    swaps_carried = False  # static runners whose buffers can be re-bound per call (not CUDA graphs)
+
+    def _buffers_moved(self) -> None:
+        """Called after carried buffers were swapped (``swaps_carried``): bind the new addresses."""
 
     @abstractmethod
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

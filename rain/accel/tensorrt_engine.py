@@ -152,13 +152,19 @@ class LoadedEngine:
 
 
 class TensorRTRunner(StepRunner):
+    """Carried outputs ping-pong with their inputs: each call binds last call's output buffers as inputs."""
+
     static = True
+    swaps_carried = True
 
     def __init__(self, loaded: LoadedEngine, input_specs, output_specs, carried, device):
         super().__init__(input_specs, output_specs, carried, device)
         self.loaded = loaded
         self.outputs = {name: torch.empty(spec.shape, dtype=spec.dtype, device=self.device)
                         for name, spec in output_specs.items()}
+
+    def _buffers_moved(self) -> None:
+        self.loaded.bound_to = None
 
     def _run(self, inputs):
         context = self.loaded.context
