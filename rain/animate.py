@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
@@ -196,7 +197,18 @@ def load_pipeline(job: AnimateJob):
                                         image_encoder_path=args.image_encoder, decoders=(args.decoder,))
     reference = pipe.fuse_reference(job.reference, *job.size)
     log.info("models loaded and reference fused in %.1f s", time.perf_counter() - started)
+    pipe.offload_reference(keep_vae=args.decoder == "vae")  # synthesis alone then fits in less GPU memory
     return pipe, reference
+
+
+def backend_options(args: Namespace) -> dict:
+    """``open_stream`` options for ``--backend``: engine builds report progress, fallbacks say why."""
+    backend = getattr(args, "backend", "eager")
+    if backend == "eager":
+        return {}
+    from .accel.backends import PrintedProgress
+    return {"backend": backend, "progress": PrintedProgress(),
+            "notify": lambda message: print(message, file=sys.stderr)}
 
 
 # -- 3. the render --------------------------------------------------------------------------------------------
@@ -217,7 +229,7 @@ def driving_frames(job: AnimateJob, stats=None):
     detector = DWPoseDetector.from_files(*job.dwpose)
     raw = read_frames(args.driving, fps=job.resample_fps, start=args.start, max_frames=args.max_frames)
     return pose_frames(raw, task=args.task, detector=detector, size=job.size, missing=args.missing,
-                       crop=args.crop, stats=stats)
+                       crop=args.crop, stats=stats, batch_size=args.frames_per_group)
 
 
 def render(job: AnimateJob, pipe, reference) -> RenderReport:
@@ -237,7 +249,7 @@ def render(job: AnimateJob, pipe, reference) -> RenderReport:
         from .pose.face_tracking import PoseStats
         stats = PoseStats()
     height, width = job.size
-    stream = pipe.open_stream(reference, job.settings, height=height, width=width)
+    stream = pipe.open_stream(reference, job.settings, height=height, width=width, **backend_options(args))
     target = AtomicOutput(args.output)
     started = time.perf_counter()
     calls = stream_calls(job.expected_frames, job.settings) if job.expected_frames else None

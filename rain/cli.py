@@ -135,8 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--steps-per-group", type=int, default=1)
     animate.add_argument("--temporal-strength", type=float, default=1.0)
     animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
-    animate.add_argument("--device", default=None)
-    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
+    animate.add_argument("--backend", choices=("eager", "compiled", "onnx", "tensorrt"), default="eager",
+                         help="how steady-state calls run: eager PyTorch, torch.compile (+ CUDA graphs), onnxruntime, "
+                              "or a TensorRT engine cached in <models-dir>/tensorrt (falls back to compiled, saying "
+                              "how to install it, when TensorRT is missing; default: eager)")
+    animate.add_argument("--device", default=None, help="cuda, cpu, cuda:1 … (default: cuda when available)")
+    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                         help="default: fp16 on CUDA, fp32 on CPU")
     animate.add_argument("--vae", type=Path, default=None)
     animate.add_argument("--image-encoder", type=Path, default=None)
     animate.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
