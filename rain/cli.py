@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="fetch the released weights into a models folder (resumable)")
     download.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="the models folder to fill")
     download.add_argument("--only", nargs="+", metavar="GROUP",
-                          help="groups or model names: rain taesdv vae image_encoder dwpose (default: all)")
+                          help="groups or model names: rain taesdv vae image_encoder dwpose, and the optional depth (depth "
+                               "estimator for --task depth) and lpips (evaluate's LPIPS) (default: all but the "
+                               "optional ones)")
     download.add_argument("--dwpose", action="store_true", help="only the DWPose ONNX files")
     download.add_argument("--force", action="store_true", help="download again even if present")
 
