@@ -73,7 +73,7 @@ class RainBuildEngine:
 
     def build(self, rain_model, backend, width, height, frames_per_group, num_groups, temporal_strength,
               unique_id=None):
-        from ..rain.accel.backends import build_backend, placeholder_constants, resolve_backend
+        from ..rain.accel.backends import build_backend, shape_only_constants, resolve_backend
         from ..rain.pipeline import check_size
         from ..rain.sampling.stream import StreamSettings
 
@@ -89,7 +89,7 @@ class RainBuildEngine:
                                   temporal_strength=float(temporal_strength), decoder="none")
         rain_model.load("stream")
         pipeline = rain_model.pipeline
-        constants = placeholder_constants(pipeline, settings, int(height), int(width))
+        constants = shape_only_constants(pipeline, settings, int(height), int(width))
         options = engine.stream_options(_progress_reporter(unique_id))
         del options["backend"]
         build_backend(pipeline, resolved, settings, int(height), int(width), constants, **options)

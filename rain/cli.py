@@ -69,7 +69,7 @@ class Parser(argparse.ArgumentParser):
         return super().add_argument(*names, **kwargs)
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     """'512' or 'WxH' → (height, width)."""
     try:
         if "x" in text.lower():
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "depth: depth maps from the depth estimator (--depth-model)")
     animate.add_argument("--depth-model", type=Path, default=None,
                          help="--task depth: depth model folder (default: MODELS_DIR/depth_estimator)")
-    animate.add_argument("--size", type=_size, default=None,
+    animate.add_argument("--size", type=parse_size, default=None,
                          help="output size N or WxH, multiples of 8 (default: the size the models declare, else "
                               "the driving video's size rounded down to multiples of 8, or 512 with "
                               "--task face/body/depth)")
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
     from .training.commands import add_parsers as add_training_data_parsers
-    add_training_data_parsers(commands, size_type=_size, models_dir_default=DEFAULT_MODELS_DIR)
+    add_training_data_parsers(commands, size_type=parse_size, models_dir_default=DEFAULT_MODELS_DIR)
     from .training import cli as training_cli
     training_cli.add_parser(commands)
     return parser

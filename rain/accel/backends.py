@@ -65,7 +65,7 @@ def fused_step_for(pipeline, settings: StreamSettings, constants: dict[str, torc
                            frames_per_group=settings.frames_per_group, num_groups=settings.num_groups)
 
 
-def placeholder_constants(pipeline, settings: StreamSettings, height: int, width: int, *,
+def shape_only_constants(pipeline, settings: StreamSettings, height: int, width: int, *,
                           references: int = 1) -> dict[str, torch.Tensor]:
     """Constants of the right shapes (zeros) for building a backend before any reference is fused: what is
     built depends only on shapes, and each stream hands in its own reference's constants."""

@@ -16,26 +16,15 @@ HELP = "serve the live page on 127.0.0.1: a webcam (browser or --camera) drives 
 log = logging.getLogger("rain.live")
 
 
-def _size(text: str) -> tuple[int, int]:
-    """'512' or 'WxH' → (height, width)."""
-    try:
-        if "x" in text.lower():
-            width, height = (int(v) for v in text.lower().split("x"))
-        else:
-            width = height = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or WxH (e.g. 512 or 512x768), got {text!r}") from None
-    return height, width
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import parse_size  # one size syntax for every command
     from .pose_stage import PRESETS, TASKS
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--reference", required=True, type=Path, help="the character image")
     parser.add_argument("--task", choices=TASKS, default="face",
                         help="face: DWPose face landmarks → human→anime transform → RAIN's face dots (the released "
                              "model); body: whole-body skeleton; pose: the camera already shows pose images")
-    parser.add_argument("--size", type=_size, default=(512, 512), help="frame size N or WxH, multiples of 8")
+    parser.add_argument("--size", type=parse_size, default=(512, 512), help="frame size N or WxH, multiples of 8")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: only this machine can connect)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port; the address is printed)")
