@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from . import host
+from . import host, model_set
 
 log = logging.getLogger("ComfyUI-RAIN")
 
@@ -77,7 +77,9 @@ class RainBuildEngine:
         from ..rain.pipeline import check_size
         from ..rain.sampling.stream import StreamSettings
 
-        check_size(int(height), int(width))
+        # The sampler renders a set at its declared size: build for the frames it will really stream.
+        height, width = model_set.frame_size(rain_model, height, width, "Build RAIN TensorRT Engine")
+        check_size(height, width)
         messages: list[str] = []
         resolved = resolve_backend(backend, notify=messages.append)
         for message in messages:

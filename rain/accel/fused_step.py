@@ -87,6 +87,8 @@ class FusedStreamStep(nn.Module):
         super().__init__()
         self.unet, self.pose_guider, self.taesdv = unet, pose_guider, taesdv
         self.frames_per_group, self.num_groups = frames_per_group, num_groups
+        # An inference step: exporters read this flag; the wrapped models keep their own mode (not recursed).
+        self.training = False
         self.attention_names = tuple(attention_names)
         self.memory_count = sum(isinstance(layer, MemBlock) for layer in taesdv.decoder) if taesdv else 0
         lacking = [name for name in reference_blocks(unet) if f"{name}.cross" not in self.attention_names]
