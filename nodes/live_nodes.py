@@ -105,7 +105,8 @@ class RainLive:
                            "(official: 4); fewer = fewer LCM steps, lower latency, lower quality."}),
             "steps_per_group": ("INT", {"default": 1, "min": 1, "max": 8}),
             "guidance_scale": ("FLOAT", {"default": 2.5, "min": 0.0, "max": 20.0, "step": 0.05}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                              "control_after_generate": True}),
             "decoder": ([d for d in DECODERS if d != "none"], {"default": "taesdv", "tooltip": "taesdv: fast "
                         "temporal decoder (live); vae: sharper, much slower."}),
             "temporal_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05}),
