@@ -305,6 +305,15 @@ def check_interrupted() -> None:
         raise Interrupted("processing interrupted")
 
 
+def interrupt_requested() -> bool:
+    """Whether the user pressed Cancel, without raising (for work that stops cooperatively, e.g. a TensorRT
+    build, which then raises itself)."""
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        return bool(getattr(mm, "processing_interrupted", lambda: False)())
+    return _interrupt_requested
+
+
 class _LocalProgressBar:
     def __init__(self, total: int, node_id=None):
         self.total, self.current, self.node_id = total, 0, node_id

@@ -20,7 +20,7 @@ log = logging.getLogger("ComfyUI-RAIN")
 
 CATEGORY = "RAIN/live"
 TASKS = {"face": "face", "body": "body", "pose images": "pose"}
-BACKENDS = ["eager"]
+BACKENDS = ["eager", "compiled", "onnx", "tensorrt"]  # rain.accel.backends.BACKENDS
 
 _registry = None
 _routes = None
@@ -105,11 +105,14 @@ class RainLive:
                            "(official: 4); fewer = fewer LCM steps, lower latency, lower quality."}),
             "steps_per_group": ("INT", {"default": 1, "min": 1, "max": 8}),
             "guidance_scale": ("FLOAT", {"default": 2.5, "min": 0.0, "max": 20.0, "step": 0.05}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                              "control_after_generate": True}),
             "decoder": ([d for d in DECODERS if d != "none"], {"default": "taesdv", "tooltip": "taesdv: fast "
                         "temporal decoder (live); vae: sharper, much slower."}),
             "temporal_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05}),
-            "backend": (BACKENDS, {"default": "eager", "tooltip": "eager: plain PyTorch."}),
+            "backend": (BACKENDS, {"default": "eager", "tooltip": "eager: plain PyTorch; compiled: torch.compile "
+                        "(+ CUDA graphs on a GPU); onnx: onnxruntime; tensorrt: an engine built once (minutes) and "
+                        "cached in models/rain/tensorrt (compiled when TensorRT is not installed)."}),
             "crop": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "face/body: the "
                      "detector sees a centred square of this fraction of the short side (the official live demo's "
                      "0.9); 0 = the whole frame, stretched."}),

@@ -135,11 +135,15 @@ class RainStreamSampler:
                 "temporal_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                                 "tooltip": "Scales the motion modules' contribution (1 = as trained)."}),
             },
+            "optional": {
+                "engine": ("RAIN_ENGINE", {"tooltip": "From Build RAIN TensorRT Engine: run the steady-state calls "
+                           "as one fused TensorRT / compiled graph (steps_per_group 1)."}),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, rain_model, reference, poses, frames_per_group, num_groups, steps_per_group, guidance_scale,
-               seed, decoder, temporal_strength, unique_id=None):
+               seed, decoder, temporal_strength, engine=None, unique_id=None):
         from ..rain.pipeline import check_size, to_pose_tensor
         from ..rain.progress import stream_steps, stream_work
         from ..rain.sampling.stream import StreamSettings
@@ -160,7 +164,11 @@ class RainStreamSampler:
                              "node to Fuse RAIN Reference and to the sampler.")
         fitted = reference.for_size(height, width)
         rain_model.load("stream", *(["vae"] if decoder == "vae" else []))
-        stream = rain_model.pipeline.open_stream(fitted, settings, height=height, width=width)
+        if engine is not None and engine.model is not rain_model:
+            raise ValueError("This engine was built for another RAIN model: connect the same Load RAIN Model node "
+                             "to Build RAIN TensorRT Engine and to the sampler.")
+        stream = rain_model.pipeline.open_stream(fitted, settings, height=height, width=width,
+                                                 **(engine.stream_options() if engine is not None else {}))
         decode = rain_model.decoder(decoder)
         memory = None  # the decoder's memory across groups (TAESDV): one continuous video
         # Counted in pushed frames and UNet calls, so the bar moves from the first frame (the first finished

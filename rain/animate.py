@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from argparse import Namespace
 from dataclasses import dataclass, field
@@ -195,7 +196,18 @@ def load_pipeline(job: AnimateJob):
                                         image_encoder_path=args.image_encoder, decoders=(args.decoder,))
     reference = pipe.fuse_reference(job.reference, *job.size)
     log.info("models loaded and reference fused in %.1f s", time.perf_counter() - started)
+    pipe.offload_reference(keep_vae=args.decoder == "vae")  # synthesis alone then fits in less GPU memory
     return pipe, reference
+
+
+def backend_options(args: Namespace) -> dict:
+    """``open_stream`` options for ``--backend``: engine builds report progress, fallbacks say why."""
+    backend = getattr(args, "backend", "eager")
+    if backend == "eager":
+        return {}
+    from .accel.backends import PrintedProgress
+    return {"backend": backend, "progress": PrintedProgress(),
+            "notify": lambda message: print(message, file=sys.stderr)}
 
 
 # -- 3. the render --------------------------------------------------------------------------------------------
@@ -215,7 +227,8 @@ def source_spec(job: AnimateJob):
     return SourceSpec(Path(args.driving), args.task, job.size, fps=job.resample_fps, start=args.start,
                       max_frames=args.max_frames, crop=args.crop, missing=args.missing,
                       translations=tuple(STARTUP_TRANSLATIONS) if args.task == "face" else (),
-                      detector=detector, depth_model=depth_model, device=args.device)
+                      detector=detector, detect_batch=args.frames_per_group, depth_model=depth_model,
+                      device=args.device)
 
 
 def resume_spec(job: AnimateJob):
@@ -236,6 +249,7 @@ def resume_spec(job: AnimateJob):
             "depth_model": None if getattr(args, "depth_model", None) is None else str(args.depth_model),
             "dwpose": None if job.dwpose is None else [str(path) for path in job.dwpose]}
     settings = {**asdict(job.settings), **pose, "output_fps": job.fps, "sound": job.audio is not None,
+                "backend": getattr(args, "backend", "eager"),
                 "dtype": str(dtype).replace("torch.", ""), "device": str(device).split(":")[0], **models}
     inputs = {"driving video": Path(args.driving), "reference image": Path(args.reference)}
     return ResumeSpec(settings=settings, inputs=inputs, save_every=_save_every(args),
@@ -292,7 +306,8 @@ def render(job: AnimateJob, pipe, reference) -> RenderReport:
         result = render_video(pipe, reference, job.settings, source_spec(job),
                               OutputSpec(Path(args.output), job.fps, job.audio, args.start / job.fps),
                               expected_frames=job.expected_frames, expected_exact=job.expected_exact,
-                              resume=resume_spec(job), callbacks=Callbacks(progress=progress))
+                              resume=resume_spec(job), callbacks=Callbacks(progress=progress),
+                              stream_options=backend_options(args))
     report = RenderReport(result.frames_in, result.frames_out, result.seconds, result.first_frame_seconds,
                           result.output, list(job.notes) + result.warnings, result.pose_summary)
     report.resumed_from = result.resumed_from

@@ -69,7 +69,7 @@ class Parser(argparse.ArgumentParser):
         return super().add_argument(*names, **kwargs)
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     """'512' or 'WxH' → (height, width)."""
     try:
         if "x" in text.lower():
@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="fetch the released weights into a models folder (resumable)")
     download.add_argument("--models-dir", default=DEFAULT_MODELS_DIR, help="the models folder to fill")
     download.add_argument("--only", nargs="+", metavar="GROUP",
-                          help="groups or model names: rain taesdv vae image_encoder dwpose (default: all)")
+                          help="groups or model names: rain taesdv vae image_encoder dwpose, and the optional depth (depth "
+                               "estimator for --task depth) and lpips (evaluate's LPIPS) (default: all but the "
+                               "optional ones)")
     download.add_argument("--dwpose", action="store_true", help="only the DWPose ONNX files")
     download.add_argument("--force", action="store_true", help="download again even if present")
 
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "depth: depth maps from the depth estimator (--depth-model)")
     animate.add_argument("--depth-model", type=Path, default=None,
                          help="--task depth: depth model folder (default: MODELS_DIR/depth_estimator)")
-    animate.add_argument("--size", type=_size, default=None,
+    animate.add_argument("--size", type=parse_size, default=None,
                          help="output size N or WxH, multiples of 8 (default: the size the models declare, else "
                               "the driving video's size rounded down to multiples of 8, or 512 with "
                               "--task face/body/depth)")
@@ -135,8 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--steps-per-group", type=int, default=1)
     animate.add_argument("--temporal-strength", type=float, default=1.0)
     animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
-    animate.add_argument("--device", default=None)
-    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
+    animate.add_argument("--backend", choices=("eager", "compiled", "onnx", "tensorrt"), default="eager",
+                         help="how steady-state calls run: eager PyTorch, torch.compile (+ CUDA graphs), onnxruntime, "
+                              "or a TensorRT engine cached in <models-dir>/tensorrt (falls back to compiled, saying "
+                              "how to install it, when TensorRT is missing; default: eager)")
+    animate.add_argument("--device", default=None, help="cuda, cpu, cuda:1 … (default: cuda when available)")
+    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                         help="default: fp16 on CUDA, fp32 on CPU")
     animate.add_argument("--vae", type=Path, default=None)
     animate.add_argument("--image-encoder", type=Path, default=None)
     animate.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
@@ -156,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
     from .training.commands import add_parsers as add_training_data_parsers
-    add_training_data_parsers(commands, size_type=_size, models_dir_default=DEFAULT_MODELS_DIR)
+    add_training_data_parsers(commands, size_type=parse_size, models_dir_default=DEFAULT_MODELS_DIR)
     from .training import cli as training_cli
     training_cli.add_parser(commands)
     return parser

@@ -28,7 +28,8 @@ DEPTH_FOLDER = "depth_estimator"
 DEFAULT_MOMENTUM = 0.9
 #: transformers model types that predict depth (others are accepted when their architecture says so).
 DEPTH_MODEL_TYPES = frozenset({"dpt", "depth_anything", "glpn", "zoedepth", "depth_pro", "prompt_depth_anything"})
-HUB_SUGGESTION = ("e.g. `hf download depth-anything/Depth-Anything-V2-Small-hf --local-dir {folder}` (99 MB) or "
+HUB_SUGGESTION = ("e.g. `python -m rain download --only depth --models-dir {folder.parent}` (Depth Anything V2 "
+                  "Small, 99 MB, into {folder.parent}/depth_estimator) or "
                   "`hf download Intel/dpt-hybrid-midas --local-dir {folder}` (MiDaS, the paper's estimator)")
 
 

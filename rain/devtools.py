@@ -95,6 +95,33 @@ def shape_for_display(unet: VideoUNet, guider: PoseGuider, taesdv: TAESDV) -> No
     gain = _DECODED_STD / std
     last.weight.mul_(gain[:, None, None, None])
     last.bias.copy_((last.bias - mean) * gain + _DECODED_MEAN)
+def random_stream_models(block_out_channels=(32, 64, 96, 96), *, layers_per_block: int = 2,
+                         pose_channels: int | None = None, seed: int = 0, randomise: bool = True):
+    """The stream's models (denoiser, pose guider, TAESDV) with random weights, built in memory — for speed
+    measurements and the accelerated-backend tests (speed and graph structure do not depend on the values)."""
+    from .loading import RainModels
+    generator = torch.Generator().manual_seed(seed)
+    unet = VideoUNet(UNetConfig(block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block))
+    guider = PoseGuider(PoseGuiderConfig(conditioning_embedding_channels=pose_channels or block_out_channels[0]))
+    taesdv = TAESDV()
+    if randomise:
+        for module in (unet, guider, taesdv):
+            randomise_weights(module, generator)
+    return RainModels(unet.eval().requires_grad_(False), guider.eval().requires_grad_(False),
+                      taesdv=taesdv.eval().requires_grad_(False))
+
+
+def random_reference(unet: VideoUNet, height: int, width: int, *, images: int = 1, seed: int = 0,
+                     dtype: torch.dtype = torch.float16):
+    """A ``Reference`` with random features of the right shapes for ``unet`` at ``height``×``width``."""
+    from .models.reference_attention import feature_shapes
+    from .pipeline import Reference
+    generator = torch.Generator().manual_seed(seed)
+    device = unet.conv_in.weight.device
+    features = {name: torch.randn(shape, generator=generator).to(device, dtype)
+                for name, shape in feature_shapes(unet, height, width, images).items()}
+    context = torch.randn(1, 1, unet.config.cross_attention_dim, generator=generator).to(device)
+    return Reference(features, context, height, width)
 
 
 def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:

@@ -8,6 +8,7 @@ decoder (TAESDV with memory, or the SD VAE) → frame.
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,15 +99,19 @@ def check_size(height: int, width: int) -> None:
 
 # -- the pipeline ---------------------------------------------------------------------------------------------
 class RainPipeline:
-    def __init__(self, models: RainModels, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, models: RainModels, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 models_dir: str | Path | None = None):
         self.models = models
         self.device = torch.device(device)
         self.dtype = dtype
+        # Where accelerated artefacts are cached (``<models_dir>/tensorrt``, ``<models_dir>/onnx``).
+        self.models_dir = Path(models_dir) if models_dir is not None else None
+        self.accelerated = {}  # backend artefacts built for these models, by key (rain.accel.backends)
 
     @classmethod
     def from_models_dir(cls, models_dir, *, device="cpu", dtype=torch.float32, **load_options) -> "RainPipeline":
         models = load_models(models_dir, device=device, dtype=dtype, **load_options)
-        return cls(models, device=device, dtype=dtype)
+        return cls(models, device=device, dtype=dtype, models_dir=models_dir)
 
     # -- reference ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -124,6 +129,7 @@ class RainPipeline:
             pil_images = [to_pil(images)]
         if not pil_images:
             raise ValueError("no reference image given")
+        self._reference_part_to(self.device)
         per_image, contexts = [], []
         for image in pil_images:
             context = encode_image(self.models.image_encoder, image).to(self.dtype)
@@ -135,6 +141,23 @@ class RainPipeline:
         # Several references share one cross-attention token: their mean CLIP embedding.
         context = torch.stack(contexts).mean(0)
         return Reference(features, context, height, width, pil_images)
+
+    def _reference_part_to(self, device: torch.device | str) -> None:
+        for module in (self.models.reference_unet, self.models.image_encoder, self.models.vae):
+            if module is not None:
+                module.to(device)
+
+    def offload_reference(self, device: torch.device | str = "cpu", *, keep_vae: bool = False) -> None:
+        """Move the reference part (reference UNet, CLIP image encoder and, unless ``keep_vae`` for VAE
+        decoding, the VAE) off the GPU once references are fused: fused references stay usable, synthesis needs
+        only the denoiser, pose guider and TAESDV (the official demo's "unload reference module"). Fusing
+        again brings them back."""
+        for module in (self.models.reference_unet, self.models.image_encoder,
+                       None if keep_vae else self.models.vae):
+            if module is not None:
+                module.to(device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def refit(self, reference: Reference, height: int, width: int) -> Reference:
         """The same reference for another frame size (the reference latent must match the frames)."""
@@ -151,12 +174,17 @@ class RainPipeline:
                     height: int | None = None, width: int | None = None,
                     noise: Callable | Iterable[torch.Tensor] | None = None,
                     record_calls: bool = False, state: StreamState | None = None,
-                    steady_step: SteadyStep | None = None) -> "PipelineStream":
+                    steady_step: SteadyStep | None = None, backend: str = "eager",
+                    precompute: bool = True, **backend_options) -> "PipelineStream":
         """A live stream for frames of the reference's size (or ``height``×``width``): push pose frames
         ([3,H,W] in [0,1]) and receive finished frames ([H,W,3] in [0,1], or latents with decoder 'none').
 
-        ``state`` continues a saved stream (resume); ``steady_step`` runs steady-state calls fused
-        (``rain.accel``)."""
+        ``state`` continues a saved stream (resume). ``backend`` runs the steady-state calls as one fused
+        step (``rain.accel``): "eager" (plain PyTorch, the reference), "compiled" (``torch.compile``, with
+        CUDA-graph replay on a GPU), "onnx" (onnxruntime) or "tensorrt" (falls back to "compiled", saying how
+        to install it, where TensorRT is missing); ``backend_options`` go to ``rain.accel.backends``. Or pass
+        your own ``steady_step``. ``precompute=False`` runs cross-attention and time embeddings in full on
+        every call (the official arithmetic; for comparisons)."""
         settings = settings or StreamSettings()
         height = height or reference.height
         width = width or reference.width
@@ -166,24 +194,32 @@ class RainPipeline:
                 noise = SeededNoise(settings.seed)
             elif not callable(noise):
                 noise = InjectedNoise(noise)
-        return PipelineStream(self, self.refit(reference, height, width), settings, height=height, width=width,
-                              noise=noise, record_calls=record_calls, state=state, steady_step=steady_step)
+        stream = PipelineStream(self, self.refit(reference, height, width), settings, height=height, width=width,
+                                noise=noise, record_calls=record_calls, state=state, steady_step=steady_step,
+                                precompute=precompute or backend != "eager")
+        if backend != "eager" and steady_step is None:
+            from .accel.backends import steady_step_for
+            stream.use_steady_step(steady_step_for(self, backend, settings, height, width,
+                                                   stream.steady_constants(), **backend_options))
+        return stream
 
     def make_decoder(self, name: str) -> Decoder | None:
         """This pipeline's decoder ``name`` (see ``rain.decoders``): (latents, memory) → (frames, memory)."""
         return make_decoder(self.models, name, self.device, self.dtype)
 
     def stream(self, poses: Iterable[ImageLike], reference: Reference, settings: StreamSettings | None = None, *,
-               noise=None) -> Iterator[torch.Tensor]:
+               noise=None, **stream_options) -> Iterator[torch.Tensor]:
         """Yield finished frames ([H,W,3] float32 in [0,1] on the CPU) as soon as they are clean; the size
-        comes from the first pose frame. A finite input is drained so every frame comes out."""
+        comes from the first pose frame. A finite input is drained so every frame comes out.
+        ``stream_options`` go to ``open_stream`` (e.g. ``backend="tensorrt"``)."""
         poses = iter(poses)
         first = next(poses, None)
         if first is None:
             raise ValueError("no pose frames were given")
         first = to_pose_tensor(first)
         height, width = first.shape[1:]
-        stream = self.open_stream(reference, settings, height=height, width=width, noise=noise)
+        stream = self.open_stream(reference, settings, height=height, width=width, noise=noise,
+                                  **stream_options)
 
         def tensors():
             yield first
@@ -208,11 +244,14 @@ class RainPipeline:
 
 class PipelineStream(RainStream):
     """A ``RainStream`` bound to a pipeline's models and one reference, which can be swapped mid-stream
-    (``set_reference``: the character changes from the next call on, the window and its motion carry on)."""
+    (``set_reference``: the character changes from the next call on, the window and its motion carry on).
+
+    Everything constant over the stream is computed once: the reference keys/values and cross-attention
+    outputs per layer (``VideoUNet.attention_inputs``), and the time embedding of each timestep pattern."""
 
     def __init__(self, pipeline: RainPipeline, reference: Reference, settings: StreamSettings, *, height: int,
                  width: int, noise, record_calls: bool, state: StreamState | None,
-                 steady_step: SteadyStep | None):
+                 steady_step: SteadyStep | None, precompute: bool = True):
         self.pipeline = pipeline
         self.reference = reference
         models = pipeline.models
@@ -220,12 +259,19 @@ class PipelineStream(RainStream):
         self._guider = models.pose_guider
         self._guidance = guidance_scale_embedding(settings.guidance_scale, dtype=pipeline.dtype,
                                                   device=pipeline.device)
-        self._context = reference.context.to(pipeline.device, pipeline.dtype)
-        self._attach(settings)
+        self.precompute = precompute
+        self._temb: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._reference_inputs(settings)
         super().__init__(pose_features=self._pose_features_of, denoise=self._denoise_window,
                          decode=pipeline.make_decoder(settings.decoder), noise=noise,
                          latent_shape=(4, height // 8, width // 8), settings=settings, device=pipeline.device,
                          dtype=pipeline.dtype, record_calls=record_calls, steady_step=steady_step, state=state)
+
+    def _reference_inputs(self, settings: StreamSettings) -> None:
+        self._context = self.reference.context.to(self.pipeline.device, self.pipeline.dtype)
+        self._attention = (self._unet.attention_inputs(self.reference.features, self._context)
+                           if self.precompute else None)
+        self._attach(settings)
 
     def _attach(self, settings: StreamSettings) -> None:
         self._unet.set_reference(self.reference.features)
@@ -236,15 +282,49 @@ class PipelineStream(RainStream):
         or re-fitted to it)."""
         height, width = self.latent_shape[1] * 8, self.latent_shape[2] * 8
         self.reference = self.pipeline.refit(reference, height, width)
-        self._context = self.reference.context.to(self.pipeline.device, self.pipeline.dtype)
-        self._attach(self.settings)
+        self._reference_inputs(self.settings)
+        if hasattr(self.steady_step, "set_constants"):
+            self.steady_step.set_constants(self.steady_constants())
+
+    def use_steady_step(self, steady_step: SteadyStep) -> None:
+        """Run steady-state calls with this fused step from now on (e.g. one built by ``rain.accel``)."""
+        if self.settings.steps_per_group != 1:
+            raise ValueError("the fused steady-state step does one LCM step per group; use steps_per_group=1 "
+                             "or the eager backend")
+        if self.record_calls:
+            raise ValueError("record_calls inspects the eager call; open the stream without a fused step")
+        self.steady_step = steady_step
+
+    def steady_constants(self) -> dict[str, torch.Tensor]:
+        """The fused step's per-reference inputs for this stream: the steady window's time embedding and
+        the attention constants (see ``rain.accel.fused_step``)."""
+        attention = self._attention
+        if attention is None:
+            attention = self._unet.attention_inputs(self.reference.features, self._context)
+        levels = list(range(self.settings.num_groups))
+        return {"temb": self._time_embedding(self._timesteps(levels, 0)), **attention}
+
+    def _time_embedding(self, timesteps: torch.Tensor) -> torch.Tensor:
+        # The stream keeps one timesteps tensor per pattern for its whole life, so its identity is the key.
+        cached = self._temb.get(id(timesteps))
+        if cached is None or cached[0] is not timesteps:
+            with torch.no_grad():
+                temb = self._unet.time_embeddings(timesteps, 1, timesteps.shape[-1], self._guidance)
+            cached = self._temb[id(timesteps)] = (timesteps, temb)
+        return cached[1]
 
     @torch.no_grad()
     def _denoise_window(self, sample, timesteps, pose_features):
+        sample = sample.to(self.dtype)
+        if self.precompute:
+            # Everything reference-dependent arrives as inputs: nothing to re-attach between streams.
+            self._unet.set_temporal_strength(self.settings.temporal_strength)
+            return self._unet(sample, timesteps, self._context, pose_features, temb=self._time_embedding(timesteps),
+                              attention=self._attention)
         # Streams share the UNet: re-attach this stream's reference if another one was used meanwhile.
         if self._unet.reference_processors["d00"].reference is not self.reference.features["d00"]:
             self._attach(self.settings)
-        return self._unet(sample.to(self.dtype), timesteps, self._context, pose_features, self._guidance)
+        return self._unet(sample, timesteps, self._context, pose_features, self._guidance)
 
     @torch.no_grad()
     def _pose_features_of(self, poses):

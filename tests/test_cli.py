@@ -114,3 +114,19 @@ def test_animate_reports_frames_without_a_face(tiny_models_dir, tmp_path, capsys
                  "-o", str(tmp_path / "out.mp4")])
     assert code == 0
     assert "4 frames: 4 without a face" in capsys.readouterr().out
+
+
+def test_animate_backend_tensorrt_without_tensorrt_says_how_and_falls_back(tiny_models_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    from rain.accel import backends
+    monkeypatch.setattr(backends, "tensorrt_module", lambda: None)  # as on a machine without TensorRT
+    driving = tmp_path / "poses.mp4"
+    write_pose_video(driving, frames=18)
+    Image.new("RGB", (40, 50), (200, 120, 40)).save(tmp_path / "r.png")
+    out = tmp_path / "out.mp4"
+    code = main(["animate", "--models-dir", str(tiny_models_dir), "--reference", str(tmp_path / "r.png"),
+                 "--driving", str(driving), "-o", str(out), "--backend", "tensorrt"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "optional extra 'tensorrt'" in err and "'compiled' backend" in err
+    assert sum(1 for _ in av.open(str(out)).decode(video=0)) == 18

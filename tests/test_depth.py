@@ -64,7 +64,7 @@ def test_running_range_does_not_pump_like_per_frame_normalisation():
 
 
 def test_missing_or_wrong_model_folder_says_what_to_do(tmp_path):
-    with pytest.raises(DepthModelNotFound, match="depth_estimator.*hf download"):
+    with pytest.raises(DepthModelNotFound, match="depth_estimator.*python -m rain download --only depth"):
         find_depth_model(tmp_path)
     (tmp_path / DEPTH_FOLDER).mkdir()
     (tmp_path / DEPTH_FOLDER / "config.json").write_text('{"model_type": "bert"}')

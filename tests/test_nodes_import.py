@@ -53,9 +53,9 @@ print(json.dumps({{
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["nodes"] == sorted(["RAIN_LoadModel", "RAIN_FuseReference", "RAIN_StreamSampler",
-                                      "RAIN_DecodeLatents", "RAIN_FaceLandmarks", "RAIN_WholeBodyPose",
-                                      "RAIN_LandmarkTransform", "RAIN_DrawPose", "RAIN_DepthMaps", "RAIN_Live",
-                                      "RAIN_RenderVideo"])
+                                      "RAIN_DecodeLatents", "RAIN_BuildEngine", "RAIN_FaceLandmarks",
+                                      "RAIN_WholeBodyPose", "RAIN_LandmarkTransform", "RAIN_DrawPose",
+                                      "RAIN_DepthMaps", "RAIN_Live", "RAIN_RenderVideo"])
     # "rain" would mean the engine was imported as a top-level package instead of relatively inside the pack.
     assert report["loaded"] == [], f"imported at pack import: {report['loaded']}"
     assert (REPO / report["web"]).is_dir()

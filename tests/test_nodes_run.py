@@ -3,6 +3,7 @@
 of the host. The stand-in mirrors the signatures of ComfyUI 0.3.x."""
 
 import asyncio
+import importlib
 import importlib.util
 import json
 import os
@@ -358,6 +359,27 @@ def test_sampler_outputs_images_and_latents_with_progress_previews(env, model, r
     (decoded,) = nodes["RAIN_DecodeLatents"].decode(model, latents, "taesdv")
     # Decoded in chunks of another length than the sampler's groups: the same maths, float32-rounded differently.
     torch.testing.assert_close(decoded, images, atol=1e-4, rtol=0)
+
+
+def test_engine_node_feeds_the_sampler_and_says_how_to_get_tensorrt(env, model, reference, nodes, monkeypatch):
+    from parity import assert_close_to_golden
+    host, pack = env
+    backends = importlib.import_module(f"{pack.__name__}.rain.accel.backends")
+    monkeypatch.setattr(backends, "tensorrt_module", lambda: None)  # as on a machine without TensorRT
+    settings = dict(width=SIZE, height=SIZE, frames_per_group=FAST["frames_per_group"],
+                    num_groups=FAST["num_groups"], temporal_strength=FAST["temporal_strength"])
+    (engine,) = nodes["RAIN_BuildEngine"].build(model, "tensorrt", unique_id="5", **settings)
+    assert engine.requested == "tensorrt" and engine.backend == "compiled"
+    assert "optional extra 'tensorrt'" in engine.messages[0]
+    assert engine.cache_dir.endswith("tensorrt")
+    plain, plain_latents = nodes["RAIN_StreamSampler"].sample(model, reference, poses(5), decoder="taesdv", **FAST)
+    fused, fused_latents = nodes["RAIN_StreamSampler"].sample(model, reference, poses(5), decoder="taesdv",
+                                                              engine=engine, **FAST)
+    assert_close_to_golden(fused_latents["samples"], plain_latents["samples"], "latents")
+    assert_close_to_golden(fused, plain, "frames")
+    with pytest.raises(ValueError, match="steps_per_group"):
+        nodes["RAIN_StreamSampler"].sample(model, reference, poses(2), decoder="none", engine=engine,
+                                           **{**FAST, "steps_per_group": 2})
 
 
 def test_sampler_is_deterministic_and_the_seed_matters(model, reference, nodes):

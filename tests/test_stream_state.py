@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from parity import assert_close_to_golden
-from rain.accel.fused_step import EagerSteadyStep, FusedStreamStep
+from rain.accel.fused_step import FusedStreamStep
+from rain.accel.runners import eager_steady_step
 from rain.pipeline import to_pose_tensor
 from rain.sampling.noise import SeededNoise
 from rain.sampling.state import StreamState
@@ -58,9 +59,11 @@ def test_fused_steady_step_gives_the_eager_frames(tiny_pipeline, reference, deco
     settings = StreamSettings(decoder=decoder, seed=3)
     eager = list(tiny_pipeline.open_stream(reference, settings).run(frames))
     models = tiny_pipeline.models
+    stream = tiny_pipeline.open_stream(reference, settings)
+    constants = stream.steady_constants()
     fused = FusedStreamStep(models.video_unet, models.pose_guider, models.taesdv if decoder == "taesdv" else None,
-                            reference.context, guidance_scale=settings.guidance_scale)
-    stream = tiny_pipeline.open_stream(reference, settings, steady_step=EagerSteadyStep(fused, 64, 64))
+                            [name for name in constants if name != "temb"])
+    stream.use_steady_step(eager_steady_step(fused, 64, 64, constants))
     out = list(stream.run(frames))
     assert stream.unet_calls == 10 and not stream.state.groups  # 7 calls for 26 frames, then 3 drain calls
     assert_close_to_golden(torch.stack(out), torch.stack(eager), f"{decoder} frames")
@@ -68,9 +71,13 @@ def test_fused_steady_step_gives_the_eager_frames(tiny_pipeline, reference, deco
 
 def test_fused_step_refuses_what_it_cannot_do(tiny_pipeline, reference):
     models = tiny_pipeline.models
-    fused = EagerSteadyStep(FusedStreamStep(models.video_unet, models.pose_guider, None, reference.context), 64, 64)
+    constants = tiny_pipeline.open_stream(reference, StreamSettings()).steady_constants()
+    fused = eager_steady_step(FusedStreamStep(models.video_unet, models.pose_guider, None,
+                                              [name for name in constants if name != "temb"]), 64, 64, constants)
     with pytest.raises(ValueError, match="steps_per_group=1"):
         tiny_pipeline.open_stream(reference, StreamSettings(steps_per_group=2), steady_step=fused)
+    with pytest.raises(ValueError, match="single-token"):
+        FusedStreamStep(models.video_unet, models.pose_guider, None, [])
 
 
 def test_reference_swapped_mid_stream(tiny_pipeline, reference):

@@ -392,3 +392,26 @@ def test_dwpose_without_pose_file_list_is_skipped(tmp_path, monkeypatch):
     (tmp_path / "dwpose").mkdir()
     (tmp_path / "dwpose" / "det.onnx").write_bytes(b"x")
     assert weights.find_weight(tmp_path, "dwpose") == tmp_path / "dwpose"
+
+
+def test_optional_groups_are_fetched_only_when_asked(tmp_path, monkeypatch):
+    depth = "depth-anything/Depth-Anything-V2-Small-hf"
+    hub = FakeHub(monkeypatch, {(depth, "config.json"): b"{}", (depth, "model.safetensors"): b"d" * 11,
+                                (depth, "preprocessor_config.json"): b"{}"})
+    default = {entry.name for entry in fetch._select_entries(weights.DOWNLOAD_GROUPS)}
+    assert not default & {"depth_estimator", "lpips"}
+    result = weights.download(tmp_path, ["depth"], progress=False)
+    assert result == {"depth_estimator": tmp_path / "depth_estimator"}
+    assert (tmp_path / "depth_estimator" / "model.safetensors").read_bytes() == b"d" * 11
+    assert {name for _, name, _ in hub.downloads} == {"config.json", "model.safetensors", "preprocessor_config.json"}
+
+
+def test_lpips_entry_names_the_files_evaluate_reads(tmp_path):
+    from rain.training.metrics import LPIPS_LINEAR_FILES, LPIPS_TRUNK_FILES
+    entry = catalogue.MODEL_FILES["lpips"]
+    assert {Path(d.dest).name for d in entry.downloads} == {LPIPS_TRUNK_FILES[0], LPIPS_LINEAR_FILES[0]}
+    assert all(Path(d.dest).parent.name == "lpips" for d in entry.downloads)
+    (tmp_path / "lpips").mkdir()
+    for name in (LPIPS_TRUNK_FILES[0], LPIPS_LINEAR_FILES[0]):
+        (tmp_path / "lpips" / name).write_bytes(b"x")
+    assert weights.find_weight(tmp_path, "lpips") == tmp_path / "lpips"

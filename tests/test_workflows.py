@@ -79,7 +79,9 @@ def our_node(cls) -> tuple[list, list, dict]:
         for name, spec in types.get(section, {}).items():
             kind = "COMBO" if isinstance(spec[0], list) else spec[0]
             options = spec[1] if len(spec) > 1 else {}
-            count = (1 if kind in WIDGET_TYPES else 0) + (1 if options.get("control_after_generate") else 0)
+            # The frontend gives an INT named seed/noise_seed a "control after generate" widget unless told not to.
+            control = options.get("control_after_generate", kind == "INT" and name in ("seed", "noise_seed"))
+            count = (1 if kind in WIDGET_TYPES else 0) + (1 if control else 0)
             count += 1 if options.get("video_upload") else 0   # the frontend's upload button stores a value too
             inputs.append((name, kind, count))
             kinds[name] = spec[0]
@@ -192,7 +194,7 @@ def check_our_values(pack, node, values):
             assert options.get("min", value) <= value <= options.get("max", value), (node["type"], name, value)
         elif kind == "BOOLEAN":
             assert isinstance(value, bool), (node["type"], name, value)
-        if options.get("control_after_generate"):
+        if options.get("control_after_generate", kind == "INT" and name in ("seed", "noise_seed")):
             assert values[position] in ("fixed", "increment", "decrement", "randomize")
             position += 1
     assert position == len(values)
@@ -242,8 +244,11 @@ def test_live_workflow(pack):
     nodes = {n["type"]: n for n in live["nodes"]}
     assert {"LoadImage", "RAIN_LoadModel", "RAIN_FuseReference", "RAIN_Live"} <= set(nodes)
     assert pack.NODE_CLASS_MAPPINGS["RAIN_Live"].OUTPUT_NODE
-    widgets = [name for name, _, count in our_node(pack.NODE_CLASS_MAPPINGS["RAIN_Live"])[0] if count]
+    widgets = [name if i == 0 else f"{name} control"
+               for name, _, count in our_node(pack.NODE_CLASS_MAPPINGS["RAIN_Live"])[0] for i in range(count)]
+    assert len(widgets) == len(nodes["RAIN_Live"]["widgets_values"])
     values = dict(zip(widgets, nodes["RAIN_Live"]["widgets_values"]))
+    assert values["seed control"] == "fixed" and values["backend"] == "eager"
     assert values["task"] == "face" and values["preset"] == "calibration" and values["decoder"] == "taesdv"
     fuse = dict(zip(["width", "height"], nodes["RAIN_FuseReference"]["widgets_values"]))
     assert fuse == {"width": 512, "height": 512}

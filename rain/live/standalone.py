@@ -16,37 +16,27 @@ HELP = "serve the live page on 127.0.0.1: a webcam (browser or --camera) drives 
 log = logging.getLogger("rain.live")
 
 
-def _size(text: str) -> tuple[int, int]:
-    """'512' or 'WxH' → (height, width)."""
-    try:
-        if "x" in text.lower():
-            width, height = (int(v) for v in text.lower().split("x"))
-        else:
-            width = height = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or WxH (e.g. 512 or 512x768), got {text!r}") from None
-    return height, width
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import parse_size  # one size syntax for every command
     from .pose_stage import PRESETS, TASKS
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--reference", required=True, type=Path, help="the character image")
     parser.add_argument("--task", choices=TASKS, default="face",
                         help="face: DWPose face landmarks → human→anime transform → RAIN's face dots (the released "
                              "model); body: whole-body skeleton; pose: the camera already shows pose images")
-    parser.add_argument("--size", type=_size, default=(512, 512), help="frame size N or WxH, multiples of 8")
+    parser.add_argument("--size", type=parse_size, default=(512, 512), help="frame size N or WxH, multiples of 8")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: only this machine can connect)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port; the address is printed)")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="another page origin allowed to connect (e.g. http://127.0.0.1:9000); repeatable")
     parser.add_argument("--camera", default=None, metavar="N|VIDEO",
-                        help="read local camera N (0, 1, …) or a video file with OpenCV, instead of a browser")
+                        help="read local camera N (0, 1, …) or a video file with OpenCV, instead of a browser (default: none, the browser sends frames)")
     parser.add_argument("--loop", action="store_true", help="with --camera VIDEO: start the video again at its end")
     parser.add_argument("--virtual-camera", action="store_true",
                         help="also send the frames to a virtual webcam (needs pyvirtualcam)")
-    parser.add_argument("--virtual-camera-fps", type=float, default=30.0)
+    parser.add_argument("--virtual-camera-fps", type=float, default=30.0,
+                        help="frame rate announced to the virtual webcam")
     parser.add_argument("--preset", choices=PRESETS, default="calibration",
                         help="face transform: calibration (the 13 sliders on the page), startup, none")
     parser.add_argument("--crop", type=float, default=0.9,
@@ -61,14 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--temporal-strength", type=float, default=1.0)
     parser.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
-    parser.add_argument("--backend", default="eager", help="stream backend (eager: plain PyTorch)")
+    parser.add_argument("--backend", choices=("eager", "compiled", "onnx", "tensorrt"), default="eager",
+                        help="how steady-state calls run (see animate --backend)")
     parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1 … (default: cuda when available)")
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
     parser.add_argument("--vae", type=Path, default=None)
     parser.add_argument("--image-encoder", type=Path, default=None)
-    parser.add_argument("--output-format", choices=("jpeg", "webp", "png"), default="jpeg")
+    parser.add_argument("--output-format", choices=("jpeg", "webp", "png"), default="jpeg",
+                        help="image format of the frames sent back to the page and the viewer")
     parser.add_argument("--quality", type=int, default=85, help="JPEG/WebP quality of the frames sent back")
-    parser.add_argument("--max-frame-bytes", type=int, default=4 * 1024 * 1024)
+    parser.add_argument("--max-frame-bytes", type=int, default=4 * 1024 * 1024,
+                        help="camera frames larger than this are dropped and counted")
     parser.add_argument("--max-rate", type=float, default=100.0, help="messages per second per connection")
 
 

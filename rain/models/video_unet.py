@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .motion_module import MotionModule
-from .reference_attention import ReferenceAttnProcessor, reference_blocks
+from .reference_attention import CrossAttnProcessor, ReferenceAttnProcessor, attention_inputs, reference_blocks
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,13 @@ class VideoDownBlock(nn.Module):
         self.with_attention = with_attention
         self.add_downsample = add_downsample
 
-    def forward(self, hidden, temb, context, frames):
+    def forward(self, hidden, temb, context, frames, attention_kwargs=None):
         skips = []
         for i, (resnet, motion) in enumerate(zip(self.resnets, self.motion_modules)):
             hidden = _run(resnet, hidden, temb)
             if self.with_attention:
-                hidden = self.attentions[i](hidden, encoder_hidden_states=context, return_dict=False)[0]
+                hidden = self.attentions[i](hidden, encoder_hidden_states=context,
+                                            cross_attention_kwargs=attention_kwargs, return_dict=False)[0]
             hidden = _run(motion, hidden, frames)
             skips.append(hidden)
         if self.add_downsample:
@@ -138,12 +139,13 @@ class VideoUpBlock(nn.Module):
         self.with_attention = with_attention
         self.add_upsample = add_upsample
 
-    def forward(self, hidden, skips, temb, context, frames, upsample_size=None):
+    def forward(self, hidden, skips, temb, context, frames, upsample_size=None, attention_kwargs=None):
         for i, (resnet, motion) in enumerate(zip(self.resnets, self.motion_modules)):
             hidden = torch.cat([hidden, skips.pop()], dim=1)
             hidden = _run(resnet, hidden, temb)
             if self.with_attention:
-                hidden = self.attentions[i](hidden, encoder_hidden_states=context, return_dict=False)[0]
+                hidden = self.attentions[i](hidden, encoder_hidden_states=context,
+                                            cross_attention_kwargs=attention_kwargs, return_dict=False)[0]
             hidden = _run(motion, hidden, frames)
         if self.add_upsample:
             hidden = self.upsamplers[0](hidden, upsample_size)
@@ -157,16 +159,22 @@ class VideoMidBlock(nn.Module):
         self.resnets = nn.ModuleList([_resnet(config, channels, channels), _resnet(config, channels, channels)])
         self.motion_modules = nn.ModuleList([_motion(config, channels)])
 
-    def forward(self, hidden, temb, context, frames):
+    def forward(self, hidden, temb, context, frames, attention_kwargs=None):
         hidden = _run(self.resnets[0], hidden, temb)
-        hidden = self.attentions[0](hidden, encoder_hidden_states=context, return_dict=False)[0]
+        hidden = self.attentions[0](hidden, encoder_hidden_states=context, cross_attention_kwargs=attention_kwargs,
+                                    return_dict=False)[0]
         hidden = _run(self.motion_modules[0], hidden, frames)
         return _run(self.resnets[1], hidden, temb)
 
 
 class VideoUNet(nn.Module):
     """forward(sample [B,4,F,h,w], timesteps [B,F] | [B] | scalar, context [B,1,768],
-    pose_features [B,C0,F,h,w] | None, guidance_embedding [1,512] | [B,512] | None) → v-prediction [B,4,F,h,w]."""
+    pose_features [B,C0,F,h,w] | None, guidance_embedding [1,512] | [B,512] | None) → v-prediction [B,4,F,h,w].
+
+    For inference the per-stream constants can be given precomputed: ``temb`` (``time_embeddings`` of the
+    timesteps and guidance, [(B·F), 4·C0]) and ``attention`` (``attention_inputs``: projected reference
+    keys/values and constant cross-attention outputs); then ``timesteps``, ``guidance_embedding`` and, when
+    every cross-attention constant is given, ``context`` are not read."""
 
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
@@ -197,9 +205,11 @@ class VideoUNet(nn.Module):
 
         self.reference_processors: dict[str, ReferenceAttnProcessor] = {}
         for name, block in reference_blocks(self).items():
-            processor = ReferenceAttnProcessor()
+            processor = ReferenceAttnProcessor(name)
             block.attn1.set_processor(processor)
             self.reference_processors[name] = processor
+            # Full cross-attention unless a forward passes this layer's precomputed output.
+            block.attn2.set_processor(CrossAttnProcessor(name))
 
     # -- reference and temporal controls --------------------------------------------------------------
     def set_reference(self, features: dict[str, torch.Tensor] | None) -> None:
@@ -212,6 +222,9 @@ class VideoUNet(nn.Module):
             processor.set_reference(None if features is None else features[name])
 
     def set_temporal_strength(self, strength: float) -> None:
+        if getattr(self, "_temporal_strength", None) == float(strength):
+            return  # a stream sets it before every call: skip the walk over every module
+        self._temporal_strength = float(strength)
         for module in self.modules():
             if isinstance(module, MotionModule):
                 module.strength = float(strength)
@@ -254,12 +267,21 @@ class VideoUNet(nn.Module):
             condition = condition.expand(sinusoid.shape[0], -1)
         return self.time_embedding(sinusoid, condition)
 
-    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+    def attention_inputs(self, features: dict[str, torch.Tensor] | None,
+                         context: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The reference-only attention constants for ``forward(attention=...)`` (see ``reference_attention``)."""
+        return attention_inputs(self, features, context)
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor | None, context: torch.Tensor | None,
                 pose_features: torch.Tensor | None = None,
-                guidance_embedding: torch.Tensor | None = None) -> torch.Tensor:
+                guidance_embedding: torch.Tensor | None = None, *, temb: torch.Tensor | None = None,
+                attention: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         batch, _, frames, height, width = sample.shape
-        temb = self.time_embeddings(timesteps, batch, frames, guidance_embedding)
-        context = context.repeat_interleave(frames, dim=0)
+        if temb is None:
+            temb = self.time_embeddings(timesteps, batch, frames, guidance_embedding)
+        if context is not None:
+            context = context.repeat_interleave(frames, dim=0)
+        attention_kwargs = None if attention is None else {"rain_attention": attention}
 
         hidden = self.conv_in(sample.transpose(1, 2).flatten(0, 1))
         if pose_features is not None:
@@ -271,14 +293,14 @@ class VideoUNet(nn.Module):
 
         skips = [hidden]
         for block in self.down_blocks:
-            hidden, block_skips = block(hidden, temb, context, frames)
+            hidden, block_skips = block(hidden, temb, context, frames, attention_kwargs)
             skips.extend(block_skips)
-        hidden = self.mid_block(hidden, temb, context, frames)
+        hidden = self.mid_block(hidden, temb, context, frames, attention_kwargs)
         for index, block in enumerate(self.up_blocks):
             layers = len(block.resnets)
             block_skips, skips = skips[-layers:], skips[:-layers]
             upsample_size = skips[-1].shape[2:] if restore_sizes and skips else None
-            hidden = block(hidden, block_skips, temb, context, frames, upsample_size)
+            hidden = block(hidden, block_skips, temb, context, frames, upsample_size, attention_kwargs)
 
         hidden = self.conv_out(F.silu(self.conv_norm_out(hidden)))
         return hidden.unflatten(0, (batch, frames)).transpose(1, 2)

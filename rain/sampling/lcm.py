@@ -42,6 +42,29 @@ def trailing_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000
     return [int(round(num_train_timesteps - i * step)) - 1 for i in range(num_inference_steps)]
 
 
+@dataclass(frozen=True)
+class StepCoefficients:
+    """The per-frame factors of one LCM step, each [1, 1, F, 1, 1] float32: a function of the timesteps only,
+    so a stream computes them once per timestep pattern (and a fused graph holds them as constants)."""
+    sqrt_alpha: torch.Tensor
+    sqrt_one_minus_alpha: torch.Tensor
+    c_out: torch.Tensor
+    c_skip: torch.Tensor
+    sqrt_alpha_prev: torch.Tensor
+    sqrt_one_minus_alpha_prev: torch.Tensor
+
+    def apply(self, model_output: torch.Tensor, sample: torch.Tensor,
+              noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prev_sample, denoised) in float32."""
+        sample32 = sample.to(torch.float32)
+        predicted_original = self.sqrt_alpha * sample32 - self.sqrt_one_minus_alpha * model_output.to(torch.float32)
+        denoised = self.c_out * predicted_original + self.c_skip * sample32
+        if noise is None:
+            noise = torch.zeros_like(denoised)
+        prev_sample = self.sqrt_alpha_prev * denoised + self.sqrt_one_minus_alpha_prev * noise.to(torch.float32)
+        return prev_sample, denoised
+
+
 class PerFrameLCM:
     """``step(v, timesteps [B,F], sample [B,C,F,h,w], noise)`` → (prev_sample, denoised), in float32."""
 
@@ -62,9 +85,9 @@ class PerFrameLCM:
     def _per_frame(self, values: torch.Tensor) -> torch.Tensor:
         return values[:, None, :, None, None]
 
-    def step(self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor,
-             noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        device = sample.device
+    def coefficients(self, timesteps: torch.Tensor, device: torch.device | str | None = None) -> StepCoefficients:
+        """The step's factors for per-frame ``timesteps`` [B, F] (t - stride < 0 means "clean", pitfall 5)."""
+        device = torch.device(device) if device is not None else torch.as_tensor(timesteps).device
         table = self._table(device)
         timesteps = torch.as_tensor(timesteps, device=device, dtype=torch.long)
         previous = timesteps - self.stride
@@ -73,13 +96,15 @@ class PerFrameLCM:
                                                  torch.ones((), device=device)))
         scaled = timesteps.to(torch.float32) * self.config.timestep_scaling
         sigma2 = self.config.sigma_data ** 2
-        c_skip = self._per_frame(sigma2 / (scaled ** 2 + sigma2))
-        c_out = self._per_frame(scaled / (scaled ** 2 + sigma2) ** 0.5)
+        return StepCoefficients(
+            sqrt_alpha=alpha_t.sqrt(), sqrt_one_minus_alpha=(1 - alpha_t).sqrt(),
+            c_out=self._per_frame(scaled / (scaled ** 2 + sigma2) ** 0.5),
+            c_skip=self._per_frame(sigma2 / (scaled ** 2 + sigma2)),
+            sqrt_alpha_prev=alpha_prev.sqrt(), sqrt_one_minus_alpha_prev=(1 - alpha_prev).sqrt())
 
-        sample32 = sample.to(torch.float32)
-        predicted_original = alpha_t.sqrt() * sample32 - (1 - alpha_t).sqrt() * model_output.to(torch.float32)
-        denoised = c_out * predicted_original + c_skip * sample32
-        if noise is None:
-            noise = torch.zeros_like(denoised)
-        prev_sample = alpha_prev.sqrt() * denoised + (1 - alpha_prev).sqrt() * noise.to(torch.float32)
-        return prev_sample, denoised
+    def step(self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor,
+             noise: torch.Tensor | None, coefficients: StepCoefficients | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        if coefficients is None:
+            coefficients = self.coefficients(timesteps, sample.device)
+        return coefficients.apply(model_output, sample, noise)

@@ -132,8 +132,10 @@ class RainStream:
                 raise ValueError("a new stream needs a noise source")
             state = StreamState(noise=noise)
         self.state = state
-        # Per-frame timesteps of every window shape the stream meets, built once (a handful over a stream).
+        # Per-frame timesteps of every window shape the stream meets, and their LCM step factors, built once
+        # (a handful over a stream).
         self._timestep_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._coefficient_cache: dict[tuple[int, ...], object] = {}
 
     # -- counters (kept in the state, so they survive resume) -------------------------------------------
     @property
@@ -207,6 +209,12 @@ class RainStream:
                 self.settings.frames_per_group)[None]
         return self._timestep_cache[key]
 
+    def _coefficients(self, levels: list[int], step: int):
+        key = (*levels, step)
+        if key not in self._coefficient_cache:
+            self._coefficient_cache[key] = self.scheduler.coefficients(self._timesteps(levels, step), self.device)
+        return self._coefficient_cache[key]
+
     def _is_steady(self) -> bool:
         return self.state.levels == list(range(self.settings.num_groups - 1))
 
@@ -234,7 +242,8 @@ class RainStream:
             noise = state.noise(tuple(sample.shape), "step_noise").to(self.device)
             if self.record_calls and step == 0:
                 record = CallRecord(sample.clone(), timesteps.clone(), model_output.float().clone(), None)
-            sample, _ = self.scheduler.step(model_output, timesteps, sample, noise)
+            sample, _ = self.scheduler.step(model_output, timesteps, sample, noise,
+                                            self._coefficients(state.levels, step))
             # Scheduler maths runs in float32; the window is kept in the model's dtype, as officially.
             sample = sample.to(self.dtype)
         state.latents = sample

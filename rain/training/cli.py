@@ -20,7 +20,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
                        help="auto: latest checkpoint of output_dir (default, or the config's `resume`); none: start "
                             "over; DIR: that checkpoint")
     train.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
-                       help="end this run after that many optimizer steps (a checkpoint is written there)")
+                       help="end this run after that many optimizer steps (a checkpoint is written there; default: run to the end)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in log files)")
     return train
 

@@ -19,21 +19,24 @@ def add_parsers(commands, *, size_type, models_dir_default: str) -> None:
         description="Cut every video under VIDEOS_DIR into clips, crop/resize them to the training size and "
                     "annotate each frame with the task's condition image, drawn as inference draws it. Resumable: "
                     "run it again to continue; unreadable videos are skipped and listed.")
-    prepare.add_argument("videos_dir", type=Path, metavar="VIDEOS_DIR")
-    prepare.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    prepare.add_argument("--task", required=True, choices=TASKS)
+    prepare.add_argument("videos_dir", type=Path, metavar="VIDEOS_DIR", help="folder searched for videos")
+    prepare.add_argument("out_dir", type=Path, metavar="OUT_DIR",
+                         help="the dataset folder (shards + manifest.json); run again to continue")
+    prepare.add_argument("--task", required=True, choices=TASKS,
+                         help="the condition drawn for each frame: face landmarks, whole-body pose or depth")
     prepare.add_argument("--size", type=size_type, default=None,
                          help="training frame size N or WxH (default 512, and 512x768 for body as in the paper)")
     prepare.add_argument("--clip-length", type=int, default=16, help="frames per clip (default 16)")
     prepare.add_argument("--stride", type=int, default=None,
                          help="frames between clip starts (default: the clip length, i.e. no overlap)")
-    prepare.add_argument("--fps", type=float, default=None, help="resample videos to this rate first")
+    prepare.add_argument("--fps", type=float, default=None, help="resample videos to this rate first (default: each video's own rate)")
     prepare.add_argument("--crop", choices=CROPS, default=None,
                          help="center: largest centred window of the training aspect (face, body); random: a "
-                              "random patch of it per clip (depth, as in the paper); stretch: the whole frame")
+                              "random patch of it per clip (depth, as in the paper); stretch: the whole frame (default: random for depth, center otherwise)")
     prepare.add_argument("--min-crop-scale", type=float, default=0.6,
                          help="--crop random: smallest patch as a fraction of the largest window (default 0.6)")
-    prepare.add_argument("--max-clips-per-video", type=int, default=None)
+    prepare.add_argument("--max-clips-per-video", type=int, default=None,
+                         help="at most this many clips from one video (default: all)")
     prepare.add_argument("--max-missing", type=float, default=0.25,
                          help="face/body: drop clips where more than this fraction of frames has no face/person")
     prepare.add_argument("--face-transform", choices=FACE_TRANSFORMS, default="none",
@@ -45,7 +48,7 @@ def add_parsers(commands, *, size_type, models_dir_default: str) -> None:
                          help="depth model folder (default: MODELS_DIR/depth_estimator)")
     prepare.add_argument("--device", default=None, help="depth model device (default: cuda when available)")
     prepare.add_argument("--batch-size", type=int, default=8, help="depth frames per estimator call")
-    prepare.add_argument("--clips-per-shard", type=int, default=64)
+    prepare.add_argument("--clips-per-shard", type=int, default=64, help="clips stored per shard file")
     prepare.add_argument("--seed", type=int, default=0, help="random crops")
 
     evaluate = commands.add_parser(
@@ -56,11 +59,11 @@ def add_parsers(commands, *, size_type, models_dir_default: str) -> None:
     evaluate.add_argument("--models-dir", default=models_dir_default)
     evaluate.add_argument("-o", "--output", type=Path, required=True,
                           help="folder for metrics.csv, drift.csv and drift.png")
-    evaluate.add_argument("--clips", type=int, default=None, help="evaluate at most this many clips")
+    evaluate.add_argument("--clips", type=int, default=None, help="evaluate at most this many clips (default: all)")
     evaluate.add_argument("--reference-frame", type=int, default=0, help="the clip frame used as reference")
     evaluate.add_argument("--lpips", type=Path, default=None,
                           help="folder with the LPIPS weights (default: MODELS_DIR/lpips when present)")
-    evaluate.add_argument("--i3d", type=Path, default=None, help="an I3D ONNX export for FVD")
+    evaluate.add_argument("--i3d", type=Path, default=None, help="an I3D ONNX export for FVD (default: none, FVD not reported)")
     evaluate.add_argument("--drift-frames", type=int, default=5000,
                           help="length of the looped long stream for the drift curve (0: none)")
     evaluate.add_argument("--drift-window", type=int, default=1000, help="frames per drift point")
@@ -74,7 +77,7 @@ def add_parsers(commands, *, size_type, models_dir_default: str) -> None:
     evaluate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None)
-    evaluate.add_argument("--vae", type=Path, default=None, help="SD VAE single file instead of sd-vae-ft-mse/")
+    evaluate.add_argument("--vae", type=Path, default=None, help="SD VAE single file instead of sd-vae-ft-mse/ (default: MODELS_DIR/sd-vae-ft-mse)")
     evaluate.add_argument("--image-encoder", type=Path, default=None)
 
 

@@ -139,7 +139,8 @@ class LPIPS(torch.nn.Module):
                 f"LPIPS needs {LPIPS_TRUNK_FILES[0]} (torchvision's AlexNet, "
                 f"https://download.pytorch.org/models/alexnet-owt-7be5be79.pth) and {LPIPS_LINEAR_FILES[0]} "
                 f"(LPIPS v0.1 linear layers, github.com/richzhang/PerceptualSimilarity, "
-                f"lpips/weights/v0.1/alex.pth) in {folder}")
+                f"lpips/weights/v0.1/alex.pth) in {folder}; `python -m rain download --only lpips --models-dir "
+                f"MODELS_DIR` puts both in MODELS_DIR/lpips")
         model = cls()
         from ..weights import load_state_dict
         trunk_state = {k: v for k, v in load_state_dict(trunk).items() if k.startswith("features.")}

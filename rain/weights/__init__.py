@@ -12,7 +12,7 @@ One module per job, each readable on its own:
 Callers use the names re-exported here: ``from rain import weights; weights.load_state_dict(...)``.
 """
 
-from .catalogue import (ALIASES, DOWNLOAD_GROUPS, IMAGE_ENCODER_REPO, MODEL_FILES, RAIN_REPO, TAESDV_COMMIT,
+from .catalogue import (ALIASES, DOWNLOAD_GROUPS, OPTIONAL_GROUPS, IMAGE_ENCODER_REPO, MODEL_FILES, RAIN_REPO, TAESDV_COMMIT,
                         TAESDV_URL, VAE_REPO, ModelEntry, RemoteFile, find_weight, missing_weights_message,
                         require_weights)
 from .convert import convert_to_safetensors, default_destination
@@ -25,7 +25,7 @@ from .identify import (IDENTIFY_MIN_OVERLAP, MANIFEST_DIR, MANIFEST_MODELS, KeyM
 from .safe_load import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, WEIGHT_SUFFIXES, WRAPPER_PREFIXES, load_state_dict
 
 __all__ = [
-    "ALIASES", "DOWNLOAD_GROUPS", "IDENTIFY_MIN_OVERLAP", "IMAGE_ENCODER_REPO", "MANIFEST_DIR", "MANIFEST_MODELS",
+    "ALIASES", "DOWNLOAD_GROUPS", "OPTIONAL_GROUPS", "IDENTIFY_MIN_OVERLAP", "IMAGE_ENCODER_REPO", "MANIFEST_DIR", "MANIFEST_MODELS",
     "MAX_KEYS_SHOWN", "MODEL_FILES", "PICKLE_SUFFIXES", "RAIN_REPO", "SAFETENSORS_SUFFIXES", "TAESDV_COMMIT",
     "TAESDV_URL", "VAE_REPO", "WEIGHT_SUFFIXES", "WRAPPER_PREFIXES",
     "DownloadError", "KeyMismatch", "MissingWeightsError", "ModelEntry", "RemoteFile", "WeightsError",

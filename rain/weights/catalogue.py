@@ -61,6 +61,9 @@ class ModelEntry:
 
 
 DOWNLOAD_GROUPS = ("rain", "taesdv", "vae", "image_encoder", "dwpose")
+#: Fetched only when asked for (``download --only depth lpips``): depth conditions (``--task depth``, RAIN Depth
+#: Maps, depth training data) and the LPIPS metric of ``evaluate``.
+OPTIONAL_GROUPS = ("depth", "lpips")
 
 RAIN_REPO = "Pscgylotti/RAIN-v0.1"
 VAE_REPO = "stabilityai/sd-vae-ft-mse"
@@ -69,6 +72,11 @@ IMAGE_ENCODER_REPO = "lambdalabs/sd-image-variations-diffusers"
 # thingy", 2024-10-05; the checkpoint itself last changed 2024-09-29). Same file as raw/main.
 TAESDV_COMMIT = "1b2655e57693c2bf2bd016451f86f5cbf5aa5169"
 TAESDV_URL = f"https://github.com/madebyollin/taesdv/raw/{TAESDV_COMMIT}/taesdv.pth"
+DEPTH_ESTIMATOR_REPO = "depth-anything/Depth-Anything-V2-Small-hf"
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet
+# LPIPS v0.1 linear heads, pinned (richzhang/PerceptualSimilarity, last change 2023-12-19).
+LPIPS_COMMIT = "082bb24f84c091ea94de2867d34c4544f68e0963"
+LPIPS_LINEAR_URL = f"https://github.com/richzhang/PerceptualSimilarity/raw/{LPIPS_COMMIT}/lpips/weights/v0.1/alex.pth"
 
 
 def _single_file(name: str, description: str, download: RemoteFile, group: str,
@@ -108,6 +116,22 @@ def _static_entries() -> dict[str, ModelEntry]:
              RemoteFile("image_encoder/pytorch_model.bin", IMAGE_ENCODER_REPO,
                         "image_encoder/pytorch_model.bin", size=1_215_993_967, approx_size="1.22 GB")),
             folder="image_encoder"),
+        ModelEntry(
+            "depth_estimator", "depth", "depth estimator for depth conditions (Depth Anything V2 Small, transformers "
+            "folder)",
+            (("depth_estimator/config.json", "depth_estimator/model.safetensors",
+              "depth_estimator/preprocessor_config.json"),),
+            tuple(RemoteFile(f"depth_estimator/{name}", DEPTH_ESTIMATOR_REPO, name, approx_size=size)
+                  for name, size in (("config.json", ""), ("model.safetensors", "99 MB"),
+                                     ("preprocessor_config.json", ""))),
+            folder="depth_estimator"),
+        ModelEntry(
+            "lpips", "lpips", "LPIPS v0.1 metric weights (AlexNet trunk + linear heads)",
+            (("lpips/alexnet-owt-7be5be79.pth", "lpips/alex.pth"),),
+            (RemoteFile("lpips/alexnet-owt-7be5be79.pth", url=ALEXNET_URL, approx_size="233 MB"),
+             RemoteFile("lpips/alex.pth", url=LPIPS_LINEAR_URL, size=6009, approx_size="6 kB",
+                        git_blob_sha1="1df9dfe62abb1fc89cc7f82b4e5fe886c979708e")),
+            folder="lpips"),
     ]
     return {entry.name: entry for entry in entries}
 

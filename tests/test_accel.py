@@ -1,0 +1,267 @@
+"""The accelerated stream on the CPU at reduced size: precomputed constants are the full computation, the
+compiled and ONNX (onnxruntime) backends give the eager frames over several calls with carried state, the
+TensorRT flow (build, cache, rebuild, run on bound buffers) against a stand-in ``tensorrt`` module, engine cache
+keys, and the fallback when TensorRT is missing.
+
+Tolerance: the golden rule for float32, 1e-4·max(1, |eager|) (``tests/parity.py``): Inductor and onnxruntime
+fuse and reorder float32 arithmetic, which moves results by ~1e-6 here.
+
+The models are smaller than the tiny set (two UNet levels, one layer per block; TAESDV as released) because
+compiling and exporting cost time per graph node: each backend is built once per session (about a minute
+each on two cores).
+"""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import fake_tensorrt
+from parity import assert_close_to_golden
+from rain.accel import backends, cache, tensorrt_engine
+from rain.accel.fused_step import FusedStreamStep
+from rain.devtools import random_reference, random_stream_models
+from rain.models.embeddings import guidance_scale_embedding
+from rain.pipeline import RainPipeline, to_pose_tensor
+from rain.sampling.stream import StreamSettings
+
+SIZE = 64
+
+
+def pose_tensors(count, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(count):
+        frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+        y, x = rng.integers(4, SIZE - 12, 2)
+        frame[y:y + 8, x:x + 8] = rng.integers(0, 255, 3)
+        frames.append(to_pose_tensor(frame))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    models = random_stream_models((32, 32), layers_per_block=1, seed=1)
+    return RainPipeline(models, models_dir=tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def references(micro):
+    unet = micro.models.video_unet
+    return random_reference(unet, SIZE, SIZE, seed=2), random_reference(unet, SIZE, SIZE, seed=3)
+
+
+@pytest.fixture(scope="module")
+def eager_frames(micro, references):
+    """Eager frames of a stream that swaps reference after 16 frames (8 steady calls, drained)."""
+    stream = micro.open_stream(references[0], StreamSettings(seed=7))
+    frames = pose_tensors(32)
+    out = [o for frame in frames[:16] for o in stream.push(frame)]
+    stream.set_reference(references[1])
+    return out + list(stream.run(frames[16:]))
+
+
+def run_backend(micro, references, backend, during=None, **options):
+    stream = micro.open_stream(references[0], StreamSettings(seed=7), backend=backend, **options)
+    frames = pose_tensors(32)
+    out = [o for frame in frames[:16] for o in stream.push(frame)]
+    if during is not None:
+        during(stream)
+    stream.set_reference(references[1])  # a live session swaps references: no rebuild, new constants
+    out += list(stream.run(frames[16:]))
+    return stream, out
+
+
+# -- doing less work, exactly ------------------------------------------------------------------------------------
+def test_precomputed_attention_and_time_embedding_are_the_full_computation(micro, references):
+    unet = micro.models.video_unet
+    reference = references[0]
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 16, 8, 8, generator=generator)
+    pose = torch.randn(1, 32, 16, 8, 8, generator=generator)
+    timesteps = torch.tensor([[249] * 4 + [499] * 4 + [749] * 4 + [999] * 4])
+    guidance = guidance_scale_embedding(2.5)
+    with torch.no_grad():
+        unet.set_reference(reference.features)
+        full = unet(sample, timesteps, reference.context, pose, guidance)
+        unet.set_reference(None)
+        attention = unet.attention_inputs(reference.features, reference.context)
+        temb = unet.time_embeddings(timesteps, 1, 16, guidance)
+        fast = unet(sample, None, None, pose, temb=temb, attention=attention)
+    assert {name.rsplit(".", 1)[1] for name in attention} == {"key", "value", "cross"}
+    assert attention["d00.cross"].shape == (1, 1, 32)  # one vector per layer, whatever the frame count
+    assert_close_to_golden(fast, full, "precomputed")
+
+
+def test_cross_attention_without_constants_is_full_attention_with_gradients(micro):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    block = micro.models.video_unet.down_blocks[0].attentions[0].transformer_blocks[0]
+    attn = block.attn2
+    hidden = torch.randn(2, 16, 32)
+    context = torch.randn(2, 1, 768)
+    expected = AttnProcessor2_0()(attn, hidden, context)
+    attn.requires_grad_(True)
+    try:
+        out = attn(hidden, encoder_hidden_states=context)
+        assert torch.equal(out, expected)
+        out.square().sum().backward()
+        assert attn.to_q.weight.grad is not None and attn.to_q.weight.grad.abs().sum() > 0
+    finally:
+        attn.requires_grad_(False)
+        attn.zero_grad(set_to_none=True)
+
+
+# -- backends ----------------------------------------------------------------------------------------------------
+def test_fused_eager_backend_gives_the_eager_frames(micro, references, eager_frames):
+    assert micro.open_stream(references[0], StreamSettings(), backend="eager").steady_step is None  # plain stream
+    from rain.accel.backends import steady_step_for
+    stream = micro.open_stream(references[0], StreamSettings(seed=7))
+    stream.use_steady_step(steady_step_for(micro, "eager", stream.settings, SIZE, SIZE, stream.steady_constants()))
+    frames = pose_tensors(32)
+    fused = [o for frame in frames[:16] for o in stream.push(frame)]
+    stream.set_reference(references[1])
+    fused += list(stream.run(frames[16:]))
+    assert len(fused) == len(eager_frames) == 32
+    assert_close_to_golden(torch.stack(fused), torch.stack(eager_frames), "fused eager")
+
+
+def test_compiled_backend_gives_the_eager_frames(micro, references, eager_frames):
+    stream, out = run_backend(micro, references, "compiled", compile_on_cpu=True)
+    assert stream.steady_step.backend == "compiled"
+    assert len(out) == 32
+    assert_close_to_golden(torch.stack(out), torch.stack(eager_frames), "compiled")
+
+
+def test_onnx_backend_gives_the_eager_frames_over_calls_with_carried_state(micro, references, eager_frames,
+                                                                            monkeypatch):
+    from rain.accel import onnx_export
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_ABOVE", 0)  # exercise the >2 GB layout at test size
+    def state_in_bound_buffers(stream):
+        # Mid-stream the carried state lives in the runner's bound buffers: the stream holds exactly those.
+        runner = stream.steady_step.runner
+        assert type(runner).__name__ == "OnnxRuntimeRunner"
+        assert stream.state.latents is runner.inputs["latents"]
+        assert stream.state.decoder_memory[0] is runner.inputs["memory.0"]
+
+    stream, out = run_backend(micro, references, "onnx", during=state_in_bound_buffers)
+    assert_close_to_golden(torch.stack(out), torch.stack(eager_frames), "onnx")
+    folders = list((micro.models_dir / "tensorrt" / "onnx").glob("rain_step-*"))
+    assert any(p.suffix == ".json" for p in folders)
+    graph = next(p for p in folders if p.is_dir())
+    assert len(list(graph.iterdir())) == 2  # the graph and its external weights file
+
+
+# -- TensorRT, against a stand-in module ------------------------------------------------------------------------
+@pytest.fixture
+def stand_in_tensorrt(monkeypatch):
+    fake_tensorrt.builds.clear()
+    monkeypatch.setattr(tensorrt_engine, "tensorrt_module", lambda: fake_tensorrt)
+    monkeypatch.setattr(backends, "tensorrt_module", lambda: fake_tensorrt)
+    gpu = {"name": "Stand-in GPU", "capability": (9, 0)}
+    monkeypatch.setattr(tensorrt_engine, "gpu_identity", lambda device: (gpu["name"], gpu["capability"]))
+    return gpu
+
+
+def test_tensorrt_engine_is_built_cached_rebuilt_and_runs_on_bound_buffers(micro, references, eager_frames,
+                                                                          stand_in_tensorrt, caplog):
+    messages = []
+    progress = lambda message, fraction: messages.append((message, fraction))  # noqa: E731
+    stream, out = run_backend(micro, references, "tensorrt", progress=progress)
+    assert stream.steady_step.backend == "tensorrt"
+    assert_close_to_golden(torch.stack(out), torch.stack(eager_frames), "tensorrt stand-in")
+    assert len(fake_tensorrt.builds) == 1 and fake_tensorrt.builds[0]["strongly_typed"]
+    assert ("TensorRT: Building engine", 1.0) in messages
+    folder = micro.models_dir / "tensorrt"
+    engine = next(folder.glob("rain_step-*.engine"))
+    manifest = engine.with_suffix(".json").read_text()
+    for part in ('"gpu": "Stand-in GPU"', '"compute_capability": "9.0"', '"precision": "fp32"',
+                 f'"tensorrt": "{fake_tensorrt.__version__}"', '"weights"', '"temporal_strength"'):
+        assert part in manifest
+    assert next(folder.glob("timing-*.cache")).read_bytes()
+
+    micro.accelerated.clear()  # a new session: the engine comes from the cache, nothing is built
+    run_backend(micro, references, "tensorrt")
+    assert len(fake_tensorrt.builds) == 1
+
+    micro.accelerated.clear()
+    engine.write_bytes(b"not an engine")  # e.g. a TensorRT upgrade in place, or a truncated file
+    with caplog.at_level(logging.WARNING):
+        run_backend(micro, references, "tensorrt")
+    assert len(fake_tensorrt.builds) == 2 and "building it again" in caplog.text
+    assert fake_tensorrt.builds[1]["timing_entries_before"] == 1  # the timing cache carried over
+
+    micro.accelerated.clear()
+    stand_in_tensorrt["capability"] = (8, 9)  # another GPU: another engine
+    run_backend(micro, references, "tensorrt")
+    assert len(fake_tensorrt.builds) == 3 and len(list(folder.glob("rain_step-*.engine"))) == 2
+
+
+def test_tensorrt_build_can_be_cancelled(micro, references, stand_in_tensorrt):
+    micro.accelerated.clear()
+    stand_in_tensorrt["capability"] = (7, 5)  # an engine not built yet (the ONNX graph is reused if exported)
+    folder = micro.models_dir / "tensorrt"
+    engines = set(folder.glob("*.engine"))
+    stream = micro.open_stream(references[0], StreamSettings(seed=7))
+    with pytest.raises(InterruptedError, match="cancelled"):
+        backends.build_backend(micro, "tensorrt", stream.settings, SIZE, SIZE, stream.steady_constants(),
+                               cancelled=lambda: True)
+    assert set(folder.glob("*.engine")) == engines and not list(folder.glob("*.partial"))
+
+
+def test_without_tensorrt_the_stream_falls_back_to_compiled_and_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(backends, "tensorrt_module", lambda: None)
+    said = []
+    assert backends.resolve_backend("tensorrt", notify=said.append) == "compiled"
+    assert "optional extra 'tensorrt'" in said[0] and "compiled" in said[0]
+    assert backends.resolve_backend("onnx", notify=said.append) == "onnx" and len(said) == 1
+    with pytest.raises(ValueError, match="choose one of eager, compiled, onnx, tensorrt"):
+        backends.resolve_backend("fast")
+
+
+# -- what an engine is keyed by -----------------------------------------------------------------------------------
+def test_engine_cache_key_changes_with_each_part(micro, references):
+    stream = micro.open_stream(references[0], StreamSettings())
+    constants = stream.steady_constants()
+    step = FusedStreamStep(micro.models.video_unet, micro.models.pose_guider, micro.models.taesdv,
+                           [n for n in constants if n != "temb"])
+    inputs, outputs = step.specs(SIZE, SIZE, constants)
+
+    def key(**changes):
+        graph = dict(weights="w1", temporal_strength=1.0, opset=18)
+        engine = dict(tensorrt_version="10.3.0", gpu="NVIDIA H100 80GB HBM3", compute_capability=(9, 0),
+                      precision="fp16")
+        specs = changes.pop("specs", (inputs, outputs))
+        graph.update({k: v for k, v in changes.items() if k in graph})
+        engine.update({k: v for k, v in changes.items() if k in engine})
+        return cache.cache_key(cache.engine_parts(cache.graph_parts(*specs, **graph), **engine))
+
+    other_size = step.specs(2 * SIZE, SIZE, constants)
+    two_references = {**constants, **{n: torch.cat([v, v], 1) for n, v in constants.items() if n.endswith(".key")
+                                      or n.endswith(".value")}}
+    variants = [key(), key(tensorrt_version="10.4.0"), key(gpu="NVIDIA GeForce RTX 4090"),
+                key(compute_capability=(8, 9)), key(precision="bf16"), key(weights="w2"),
+                key(temporal_strength=0.8), key(opset=19), key(specs=other_size),
+                key(specs=step.specs(SIZE, SIZE, two_references))]
+    assert len(set(variants)) == len(variants)
+    assert key() == key()
+
+
+def test_weights_fingerprint_follows_every_weight():
+    models = random_stream_models((32, 32), layers_per_block=1, seed=4)
+    parts = {"video_unet": models.video_unet, "pose_guider": models.pose_guider, "taesdv": models.taesdv}
+    first = cache.weights_fingerprint(parts)
+    assert cache.weights_fingerprint(parts) == first
+    with torch.no_grad():
+        models.taesdv.decoder[1].bias[3] += 1e-3
+    assert cache.weights_fingerprint(parts) != first
+
+
+def test_manifest_must_match_to_reuse_an_artefact(tmp_path):
+    store = cache.ArtefactCache(tmp_path)
+    parts = {"a": 1, "shape": [1, 2]}
+    path = store.store(parts, ".engine", b"bytes")
+    assert store.find(parts, ".engine") == path and path.read_bytes() == b"bytes"
+    store.manifest_path(parts).write_text('{"parts": {"a": 2}}')
+    assert store.find(parts, ".engine") is None
+    assert not list(tmp_path.glob("*.partial"))
