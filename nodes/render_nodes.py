@@ -171,6 +171,7 @@ class RainRenderVideo:
                             smoothing_rate=out_fps,
                             translations=calibration.translations_for(preset, params) if kind == "face" else (),
                             detector=get_detector(detector, pose_model, provider) if kind in ("face", "body") else None,
+                            detect_batch=int(frames_per_group),
                             depth_model=self._depth_folder(depth_model) if kind == "depth" else None,
                             device=str(rain_model.device))
         suffix = f".{format}"

@@ -301,7 +301,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-torch.set_num_threads(1)
+torch.set_num_threads(min(2, torch.get_num_threads()))   # as conftest
 from rain.pipeline import RainPipeline
 from rain.render import Callbacks, OutputSpec, ResumeSpec, SourceSpec, render_video
 from rain.sampling.stream import StreamSettings
@@ -332,11 +332,11 @@ def test_a_killed_render_resumes_from_frames_that_reached_the_disk(tiny_pipeline
                             cwd=repo, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr
     saved = json.loads((resume_dir(output) / "state.json").read_text())["frames_written"]
-    on_disk = len(video_frames(tmp_path / "out.partial.mp4"))
-    assert 0 < saved <= on_disk                    # the state only names frames that are in the file
+    before = video_frames(tmp_path / "out.partial.mp4")
+    assert 0 < saved <= len(before)                # the state only names frames that are in the file
     run(tiny_pipeline, reference, driving, output, resume=True)
     run(tiny_pipeline, reference, driving, tmp_path / "full.mp4", save_every=0)
     ours, theirs = video_frames(output), video_frames(tmp_path / "full.mp4")
     assert len(ours) == FRAMES
-    assert all(np.array_equal(a, b) for a, b in zip(ours[:saved], theirs[:saved]))
+    assert all(np.array_equal(a, b) for a, b in zip(ours[:saved], before[:saved]))   # kept as encoded
     assert all(np.abs(a.astype(int) - b.astype(int)).mean() < 3 for a, b in zip(ours, theirs))

@@ -128,10 +128,12 @@ class _Checkpoints:
         return _Snapshot(frames_written, tensors, record)
 
     def step(self, stream, source, writer) -> None:
+        # Save the waiting snapshot first: a new one must not replace it before its frames reach the disk.
+        self.flush(writer.durable_frames)
         if self.spec.save_every and writer.frames_written >= self.next_at and source.at_boundary:
             self.pending = self.take(stream, source, writer.frames_written)
             self.next_at = (writer.frames_written // self.spec.save_every + 1) * self.spec.save_every
-        self.flush(writer.durable_frames)
+            self.flush(writer.durable_frames)
 
     def flush(self, durable_frames: int) -> None:
         if self.pending is not None and durable_frames >= self.pending.frames:
@@ -141,10 +143,12 @@ class _Checkpoints:
 
 def render_video(pipe, reference, settings, source: SourceSpec, output: OutputSpec, *,
                  expected_frames: int | None = None, expected_exact: bool = True,
-                 resume: ResumeSpec | None = None, callbacks: Callbacks | None = None) -> RenderResult:
+                 resume: ResumeSpec | None = None, callbacks: Callbacks | None = None,
+                 stream_options: dict | None = None) -> RenderResult:
     """Render ``source`` through ``pipe`` (a ``RainPipeline``) with the fused ``reference`` and ``settings`` (a
     ``StreamSettings``) into ``output``; see the module doc. Raises ``RenderFailed`` / ``RenderInterrupted`` /
-    ``RenderCancelled`` with a message saying where the frames are, and ``ResumeRefused`` before any work."""
+    ``RenderCancelled`` with a message saying where the frames are, and ``ResumeRefused`` before any work.
+    ``stream_options`` go to ``pipe.open_stream`` (e.g. ``backend``)."""
     from ..io import AtomicOutput, ResumeStore, VideoWriter, file_fingerprint
     from ..io.resume import check_same
     from ..progress import stream_steps, stream_work
@@ -177,7 +181,7 @@ def render_video(pipe, reference, settings, source: SourceSpec, output: OutputSp
                     for label, path in resume.inputs.items()}
     checkpoints = _Checkpoints(store, resume, fingerprints, final, expected_frames)
     checkpoints.next_at = (kept // resume.save_every + 1) * resume.save_every if resume.save_every else 0
-    stream = pipe.open_stream(reference, settings, height=height, width=width, state=state)
+    stream = pipe.open_stream(reference, settings, height=height, width=width, state=state, **(stream_options or {}))
 
     result = RenderResult(output=final, resumed_from=kept)
     work_total = stream_work(expected_frames, settings) if expected_frames else None

@@ -45,6 +45,7 @@ class SourceSpec:
     smoothing_rate: float = 16.0           # frames/s the One-Euro filter assumes
     translations: tuple = ()               # face: the human → anime transform
     detector: object | None = None
+    detect_batch: int = 1                  # face/body: frames DWPose sees as one batch (faster on a GPU)
     depth_model: Path | None = None
     depth_batch: int = 8
     device: str | None = None
@@ -93,7 +94,7 @@ class DrivingSource:
 
     @property
     def at_boundary(self) -> bool:
-        """True when the state describes exactly the frames handed out (no depth map computed ahead)."""
+        """True when the state describes exactly the frames handed out (no frame of a batch computed ahead)."""
         return not self._buffered
 
     # -- frames --------------------------------------------------------------------------------------------
@@ -111,7 +112,8 @@ class DrivingSource:
         if self.spec.task == "pose":
             frames = self._raw(resized=True)
         elif self.renderer is not None:
-            frames = (self.renderer.render(frame) for frame in self._raw(resized=False))
+            frames = self._batched(self._raw(resized=False), self.spec.detect_batch,
+                                   lambda batch: [r.image for r in self.renderer.process_batch(batch)])
         else:
             frames = self._depth_maps()
         for frame in frames:
@@ -128,26 +130,28 @@ class DrivingSource:
         else:
             raw = (np.asarray(Image.fromarray(center_square_crop(f, self.spec.crop)).resize(
                 (width, height), Image.Resampling.BICUBIC)) for f in self._raw(resized=False))
+        return self._batched(raw, self.depth.batch_size, self.depth.render)
+
+    def _batched(self, raw, size: int, convert) -> Iterator[np.ndarray]:
+        """``convert`` (a list of frames → their pose images) over batches of ``size``; the images of a batch
+        wait in ``_buffered`` until handed out, so the state is whole only between batches."""
         batch: list[np.ndarray] = []
-
-        def flush():
-            self._buffered = self.depth.render(batch)
-            while self._buffered:
-                yield self._buffered.pop(0)
-
         for frame in raw:
             batch.append(frame)
-            if len(batch) == self.depth.batch_size:
-                yield from flush()
-                batch = []
+            if len(batch) == max(1, size):
+                self._buffered, batch = convert(batch), []
+                while self._buffered:
+                    yield self._buffered.pop(0)
         if batch:
-            yield from flush()
+            self._buffered = convert(batch)
+            while self._buffered:
+                yield self._buffered.pop(0)
 
     # -- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, JSON-able values) for ``load_state_dict``; only valid ``at_boundary``."""
         if not self.at_boundary:
-            raise RuntimeError("the depth source is inside a batch; save at a batch boundary")
+            raise RuntimeError("the source is inside a batch; save at a batch boundary")
         import torch
         values: dict = {"position": self.position}
         tensors: dict[str, torch.Tensor] = {}
