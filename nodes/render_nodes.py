@@ -99,7 +99,8 @@ class RainRenderVideo:
             "num_groups": ("INT", {"default": 4, "min": 1, "max": 16}),
             "steps_per_group": ("INT", {"default": 1, "min": 1, "max": 8}),
             "guidance_scale": ("FLOAT", {"default": 2.5, "min": 0.0, "max": 20.0, "step": 0.05}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+            # No "randomize after run": resuming a cancelled render needs the seed it started with.
+            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False}),
             "decoder": (["taesdv", "vae"], {"default": "taesdv", "tooltip": "taesdv: fast temporal decoder; vae: "
                         "sharper, slower."}),
             "temporal_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05}),

@@ -165,7 +165,8 @@ def test_changed_settings_or_input_refuse_to_resume(tiny_pipeline, reference, dr
     assert len(png_frames(tmp_path / "out.partial")) >= 8
 
 
-def test_cancel_between_steps_saves_exactly_there(tiny_pipeline, reference, driving, tmp_path):
+@pytest.mark.parametrize("hook", ["check_cancel", "progress"])   # ComfyUI's progress bar raises on Cancel too
+def test_cancel_between_steps_saves_exactly_there(tiny_pipeline, reference, driving, tmp_path, hook):
     class Stop(Exception):
         pass
 
@@ -181,7 +182,8 @@ def test_cancel_between_steps_saves_exactly_there(tiny_pipeline, reference, driv
         return render_video(tiny_pipeline, reference, SETTINGS, SourceSpec(driving, "pose", SIZE),
                             OutputSpec(output, 16.0), expected_frames=FRAMES,
                             resume=ResumeSpec(inputs={"driving video": driving}, save_every=100, **options),
-                            callbacks=Callbacks(check_cancel=cancel))
+                            callbacks=Callbacks(**{hook: cancel if hook == "check_cancel" else
+                                                   lambda progress: cancel()}))
     with pytest.raises(RenderCancelled) as stopped:
         render()
     assert isinstance(stopped.value.__cause__, Stop)

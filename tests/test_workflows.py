@@ -88,6 +88,24 @@ def our_node(cls) -> tuple[list, list, dict]:
     return inputs, list(cls.RETURN_TYPES), kinds
 
 
+def frontend_widget_names(cls) -> list[str]:
+    """The names of a node's stored widget values in the order ComfyUI's frontend saves them: each widget, then
+    its "control after generate" ("NAME control"), and upload buttons ("NAME upload") after everything else."""
+    names, uploads = [], []
+    for section in ("required", "optional"):
+        for name, spec in cls.INPUT_TYPES().get(section, {}).items():
+            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
+            options = spec[1] if len(spec) > 1 else {}
+            if kind not in WIDGET_TYPES:
+                continue
+            names.append(name)
+            if options.get("control_after_generate", kind == "INT" and name in ("seed", "noise_seed")):
+                names.append(f"{name} control")
+            if options.get("video_upload"):
+                uploads.append(f"{name} upload")
+    return names + uploads
+
+
 def definitions(pack):
     defs = {node_id: our_node(cls)[:2] for node_id, cls in pack.NODE_CLASS_MAPPINGS.items()}
     defs.update(HOST_NODES)
@@ -173,7 +191,7 @@ def check_our_values(pack, node, values):
     cls = pack.NODE_CLASS_MAPPINGS[node["type"]]
     types = cls.INPUT_TYPES()
     specs = {**types.get("required", {}), **types.get("optional", {})}
-    position = 0
+    position = uploads = 0
     for name, spec in specs.items():
         kind = spec[0]
         options = spec[1] if len(spec) > 1 else {}
@@ -185,8 +203,10 @@ def check_our_values(pack, node, values):
             if node["type"] == "RAIN_LoadModel" and name == "motion_unet":
                 assert value.endswith("motion_unet.pth")   # depends on the user's folder
             elif options.get("video_upload"):
-                assert isinstance(value, str) and values[position] == "image"  # the user's input folder; upload
-                position += 1
+                # The user's input folder; the frontend adds the upload button after every other widget, and
+                # its value ("image") is stored last.
+                assert isinstance(value, str) and values[-1] == "image"
+                uploads += 1
             else:
                 assert value in kind, (node["type"], name, value)
         elif kind in ("INT", "FLOAT"):
@@ -197,7 +217,7 @@ def check_our_values(pack, node, values):
         if options.get("control_after_generate", kind == "INT" and name in ("seed", "noise_seed")):
             assert values[position] in ("fixed", "increment", "decrement", "randomize")
             position += 1
-    assert position == len(values)
+    assert position + uploads == len(values)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -244,8 +264,7 @@ def test_live_workflow(pack):
     nodes = {n["type"]: n for n in live["nodes"]}
     assert {"LoadImage", "RAIN_LoadModel", "RAIN_FuseReference", "RAIN_Live"} <= set(nodes)
     assert pack.NODE_CLASS_MAPPINGS["RAIN_Live"].OUTPUT_NODE
-    widgets = [name if i == 0 else f"{name} control"
-               for name, _, count in our_node(pack.NODE_CLASS_MAPPINGS["RAIN_Live"])[0] for i in range(count)]
+    widgets = frontend_widget_names(pack.NODE_CLASS_MAPPINGS["RAIN_Live"])
     assert len(widgets) == len(nodes["RAIN_Live"]["widgets_values"])
     values = dict(zip(widgets, nodes["RAIN_Live"]["widgets_values"]))
     assert values["seed control"] == "fixed" and values["backend"] == "eager"
@@ -264,9 +283,10 @@ def test_long_video_workflow(pack):
     assert {"LoadImage", "RAIN_LoadModel", "RAIN_FuseReference", "RAIN_RenderVideo", "PreviewImage"} <= set(nodes)
     node = pack.NODE_CLASS_MAPPINGS["RAIN_RenderVideo"]
     assert node.OUTPUT_NODE and node.RETURN_TYPES == ("VIDEO", "IMAGE")
-    widgets = [name for name, _, count in our_node(node)[0] for _ in range(count)]
-    values = dict(zip(widgets, nodes["RAIN_RenderVideo"]["widgets_values"]))   # first value of a name wins below
-    values = {name: nodes["RAIN_RenderVideo"]["widgets_values"][widgets.index(name)] for name in values}
+    widgets = frontend_widget_names(node)
+    assert len(widgets) == len(nodes["RAIN_RenderVideo"]["widgets_values"])
+    values = dict(zip(widgets, nodes["RAIN_RenderVideo"]["widgets_values"]))
+    assert values["video"] == "driving.mp4" and values["video upload"] == "image" and "seed control" not in values
     assert values["task"] == "face landmarks" and values["format"] == "mp4" and values["keep_audio"] is True
     assert values["resume"] is False and values["save_every"] > 0 and values["filename_prefix"] == "RAIN/long"
     note = "\n".join(n["widgets_values"][0] for n in long["nodes"] if n["type"] in FRONTEND_ONLY)

@@ -215,16 +215,18 @@ def render_video(pipe, reference, settings, source: SourceSpec, output: OutputSp
                         _check_length(expected_frames, expected_exact, step.frames_in, source, result)
                     result.frames_out = step.frames_out
                     checkpoints.step(stream, drive, writer)
-                    if callbacks.progress is not None:
-                        callbacks.progress(_progress(step, expected_frames, expected_exact, work_total, first_out))
-                    if callbacks.check_cancel is not None:
-                        try:
+                    try:
+                        # A host's progress bar may stop the render too (ComfyUI's checks for Cancel on update).
+                        if callbacks.progress is not None:
+                            callbacks.progress(_progress(step, expected_frames, expected_exact, work_total,
+                                                         first_out))
+                        if callbacks.check_cancel is not None:
                             callbacks.check_cancel()
-                        except BaseException:
-                            cancelled = True
-                            if resume.save_every and drive.at_boundary:   # a clean point: save exactly here
-                                checkpoints.pending = checkpoints.take(stream, drive, writer.frames_written)
-                            raise
+                    except BaseException:
+                        cancelled = True
+                        if resume.save_every and drive.at_boundary:   # a clean point: save exactly here
+                            checkpoints.pending = checkpoints.take(stream, drive, writer.frames_written)
+                        raise
                 if result.frames_in == 0:
                     result.frames_in = stream.frames_in
     except BaseException as error:
