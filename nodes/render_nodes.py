@@ -133,13 +133,15 @@ class RainRenderVideo:
             required[name] = ("FLOAT", {"default": defaults[name], "min": low, "max": high, "step": step,
                                         "display": "slider", "round": step})
         return {"required": required,
-                "optional": {"driving_video": ("VIDEO", {"tooltip": "Use this video instead of the list above."})},
+                "optional": {"driving_video": ("VIDEO", {"tooltip": "Use this video instead of the list above."}),
+                             "engine": ("RAIN_ENGINE", {"tooltip": "From Build RAIN TensorRT Engine: run the "
+                                        "steady-state calls with that backend (TensorRT, compiled, ONNX)."})},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def render(self, rain_model, reference, video, task, frames_per_group, num_groups, steps_per_group,
                guidance_scale, seed, decoder, temporal_strength, filename_prefix, format, fps, skip_first_frames,
                frame_load_cap, keep_audio, resume, save_every, preview_frames, crop, missing, smoothing, detector,
-               pose_model, provider, depth_model, preset, driving_video=None, unique_id=None, **params):
+               pose_model, provider, depth_model, preset, driving_video=None, engine=None, unique_id=None, **params):
         from ..rain.animate import _expected_frames, _rates
         from ..rain.io import probe, scan_timing
         from ..rain.render import (Callbacks, OutputSpec, RenderCancelled, ResumeSpec, SourceSpec,
@@ -181,7 +183,11 @@ class RainRenderVideo:
         if resume and found is None:
             log.info("RAIN Render Video: no interrupted render of %s to resume; starting %s", filename_prefix, name)
         audio = path if keep_audio and info.has_audio else None
+        if engine is not None and engine.model is not rain_model:
+            raise ValueError("This engine was built for another RAIN model: connect the same Load RAIN Model node "
+                             "to Build RAIN TensorRT Engine and to RAIN Render Video.")
         identity = _identity(rain_model, reference, settings, source, out_fps, audio)
+        identity["backend"] = "eager" if engine is None else engine.backend   # backends agree within float tolerance
         if kind in ("face", "body"):
             identity.update(detector=detector, pose_model=pose_model, provider=provider)
         resume_spec = ResumeSpec(settings=identity,
@@ -213,7 +219,8 @@ class RainRenderVideo:
             result = render_video(rain_model.pipeline, fitted, settings, source,
                                   OutputSpec(final, out_fps, audio, args.start / out_fps),
                                   expected_frames=expected, expected_exact=exact, resume=resume_spec,
-                                  callbacks=callbacks)
+                                  callbacks=callbacks,
+                                  stream_options=engine.stream_options() if engine is not None else None)
         except RenderCancelled as stopped:
             log.warning("RAIN Render Video cancelled. %s", stopped)
             host.progress_text(f"cancelled. {stopped}", unique_id)

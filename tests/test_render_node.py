@@ -126,3 +126,22 @@ def test_resume_with_changed_settings_says_which(pack, graph, monkeypatch):
     refused = import_module(f"{PACK}.rain.io").ResumeRefused
     with pytest.raises(refused, match="the setting 'guidance_scale' changed"):
         node().render(model, reference, **inputs(node, filename_prefix="changed/x", resume=True, guidance_scale=3.0))
+
+
+def test_an_engine_from_the_build_node_runs_the_render(pack, graph, monkeypatch):
+    module, host, folders = pack
+    model, reference, node = graph
+    (engine,) = module.NODE_CLASS_MAPPINGS["RAIN_BuildEngine"]().build(model, "compiled", 64, 64, 2, 2, 1.0)
+    plain = node().render(model, reference, **inputs(node, filename_prefix="RAIN/plain", frame_load_cap=12))
+    backends = sys.modules[type(model.pipeline).__module__.rsplit(".", 1)[0] + ".accel.backends"]
+    steady_steps = []
+    original = backends.steady_step_for
+    monkeypatch.setattr(backends, "steady_step_for",
+                        lambda *a, **k: steady_steps.append(a[1]) or original(*a, **k))
+    fused = node().render(model, reference, engine=engine,
+                          **inputs(node, filename_prefix="RAIN/engine", frame_load_cap=12))
+    assert steady_steps == ["compiled"]
+    ours, theirs = (torch.from_numpy(np.stack(decoded(out["result"][0].path))).float() for out in (fused, plain))
+    assert ours.shape == theirs.shape and ours.shape[0] == 12
+    # Both went through H.264: compare the decoded videos within a few grey levels.
+    assert (ours - theirs).abs().mean() < 2.0
