@@ -108,6 +108,19 @@ def test_width_off_the_norm_groups_names_file_key_and_shapes(tiny_unet, tmp_path
     assert "num_channels" not in message
 
 
+@pytest.mark.parametrize("key, shape", [("conv_in.weight", lambda s: (s[0], 9, *s[2:])),    # an inpainting UNet
+                                         ("conv_out.weight", lambda s: (3, *s[1:]))])
+def test_latent_channels_other_than_four_name_file_and_key(tiny_unet, tmp_path, key, shape):
+    bad = {**tiny_unet, key: torch.zeros(shape(tuple(tiny_unet[key].shape)))}
+    path = tmp_path / "motion_unet.pth"
+    torch.save(bad, path)
+    with pytest.raises(weights.WeightsError) as error:
+        loading.video_unet_from_state_dict(weights.load_state_dict(path), source=path)
+    message = str(error.value)
+    assert f"Weights file {path} does not fit the motion_unet model: {key} has shape" in message
+    assert "4 SD latent channels" in message
+
+
 def test_key_inconsistent_with_the_widths_read(tiny_unet, tmp_path):
     expected = list(tiny_unet[PROJ_KEY].shape)
     bad = {**tiny_unet, PROJ_KEY: torch.zeros(expected[0], expected[1] - 4, 1, 1)}

@@ -59,6 +59,12 @@ class UNetConfig:
         cond = state_dict.get("time_embedding.cond_proj.weight")
         pe = state_dict.get("down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0."
                             "attention_blocks.0.pos_encoder.pe")
+        for key, axis in (("conv_in.weight", 1), ("conv_out.weight", 0)):
+            shape = tuple(state_dict[key].shape) if key in state_dict else None
+            if shape is not None and (len(shape) <= axis or shape[axis] != cls.in_channels):
+                raise ValueError(f"{key} has shape {list(shape)}: RAIN's UNets read and write the "
+                                 f"{cls.in_channels} SD latent channels, so this is another kind of UNet (an "
+                                 f"inpainting UNet has 9 input channels) or a damaged file")
         cross = state_dict["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"].shape[1]
         return cls(block_out_channels=tuple(widths), cross_attention_dim=cross,
                    in_channels=state_dict["conv_in.weight"].shape[1],
