@@ -203,7 +203,9 @@ export class LiveClient extends EventTarget {
     this.canvas.toBlob(async (blob) => {
       try {
         if (!blob || socket.readyState !== WebSocket.OPEN) return;
-        socket.send(frameMessage(sequence, captureMs, await blob.arrayBuffer()));
+        const bytes = await blob.arrayBuffer();
+        if (socket.readyState !== WebSocket.OPEN) return;   // Stop may have closed it while the bytes were read
+        socket.send(frameMessage(sequence, captureMs, bytes));
         this.sent += 1;
         this.rateSent.add();
       } finally {
