@@ -142,7 +142,7 @@ class RainRenderVideo:
                guidance_scale, seed, decoder, temporal_strength, filename_prefix, format, fps, skip_first_frames,
                frame_load_cap, keep_audio, resume, save_every, preview_frames, crop, missing, smoothing, detector,
                pose_model, provider, depth_model, preset, driving_video=None, engine=None, unique_id=None, **params):
-        from ..rain.animate import _expected_frames, _rates
+        from ..rain.animate import driving_rates, expected_frame_count
         from ..rain.io import probe, scan_timing
         from ..rain.render import (Callbacks, OutputSpec, RenderCancelled, ResumeSpec, SourceSpec,
                                    render_video)
@@ -161,8 +161,8 @@ class RainRenderVideo:
         args = SimpleNamespace(fps=float(fps) or None, driving=path, start=int(skip_first_frames),
                                max_frames=int(frame_load_cap) or None)
         notes: list[str] = []
-        out_fps, resample = _rates(args, info, timing, notes)
-        expected, exact = _expected_frames(args, info, timing, resample, notes)
+        out_fps, resample = driving_rates(args, info, timing, notes)
+        expected, exact = expected_frame_count(args, info, timing, resample, notes)
         for note in notes:
             log.warning("RAIN Render Video: %s", note)
         height, width = reference.size

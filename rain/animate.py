@@ -81,8 +81,8 @@ def prepare_job(args: Namespace) -> AnimateJob:
     settings = StreamSettings(frames_per_group=args.frames_per_group, num_groups=args.groups,
                               steps_per_group=args.steps_per_group, guidance_scale=args.guidance, seed=args.seed,
                               decoder=args.decoder, temporal_strength=args.temporal_strength)
-    fps, resample = _rates(args, info, timing, notes)
-    expected, exact = _expected_frames(args, info, timing, resample, notes)
+    fps, resample = driving_rates(args, info, timing, notes)
+    expected, exact = expected_frame_count(args, info, timing, resample, notes)
     audio = None if args.no_audio or not info.has_audio else args.driving
     if getattr(args, "save_every", 0) < 0:
         raise ValueError(f"--save-every {args.save_every}: give a number of frames (0 saves no resume state)")
@@ -143,7 +143,7 @@ def frame_size(args: Namespace, info, notes: list[str]) -> tuple[int, int]:
     return size
 
 
-def _rates(args, info, timing, notes: list[str]) -> tuple[float, float | None]:
+def driving_rates(args, info, timing, notes: list[str]) -> tuple[float, float | None]:
     """(output fps, fps to resample the driving video to or None)."""
     if args.fps is not None:
         return float(args.fps), float(args.fps)
@@ -156,7 +156,7 @@ def _rates(args, info, timing, notes: list[str]) -> tuple[float, float | None]:
     return float(info.fps or 16), None
 
 
-def _expected_frames(args, info, timing, resample, notes: list[str]) -> tuple[int | None, bool]:
+def expected_frame_count(args, info, timing, resample, notes: list[str]) -> tuple[int | None, bool]:
     """How many pose frames the driving source gives after --start/--max-frames, and whether that is exact."""
     if timing is not None and timing.cut_short:
         notes.append(f"{args.driving} {timing.describe_shortfall()}: it was probably cut off (an interrupted "

@@ -279,7 +279,9 @@ pack end to end without downloading ~10 GB:
 * rain_model_set.json: declares the set's native frame size ({TINY_NATIVE_SIZE[1]}×{TINY_NATIVE_SIZE[0]}); the
   nodes and `python -m rain animate` render at that size whatever the workflow asks, and say so;
 * dwpose/yolox_l.onnx, dwpose/dw-ll_ucoco_384.onnx: stand-ins under the real DWPose names that ignore the
-  picture and report the same made-up upper-body person in every frame.
+  picture and report the same made-up upper-body person in every frame;
+* depth_estimator/: a reduced random DPT depth model (transformers layout) for --task depth and RAIN Depth
+  Maps, unless a real depth model was already there.
 
 For the real models: delete this folder's contents and run
     python -m rain download --models-dir {Path(models_dir).resolve()}

@@ -32,15 +32,7 @@ class ReferenceUNet(UNet2DConditionModel):
     @torch.no_grad()
     def reference_features(self, latent: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
         """latent [B,4,h,w] (VAE mean × 0.18215), context [B,1,768] → {``d00`` … ``u32``: [B, h_l·w_l, C_l]}."""
-        recorder = ReferenceRecorder(self)
-        try:
-            timestep = torch.zeros(1, device=latent.device, dtype=latent.dtype)
-            super().forward(latent, timestep, encoder_hidden_states=context)
-        except ReferenceRecorder._Done:
-            pass
-        finally:
-            recorder.remove()
-        return recorder.features
+        return self._record(latent, context, stop_in_block=True)
 
     def reference_features_for_training(self, latent: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
         """``reference_features`` with gradients, for training the reference UNet.
@@ -48,15 +40,19 @@ class ReferenceUNet(UNet2DConditionModel):
         The forward stops after the last up block instead of inside it: the early stop above raises from a
         transformer block, which gradient checkpointing would run again during the backward pass.
         """
-        recorder = ReferenceRecorder(self, stop=False)
-        stop = self.up_blocks[-1].register_forward_hook(_stop_forward)
+        return self._record(latent, context, stop_in_block=False)
+
+    def _record(self, latent, context, *, stop_in_block: bool) -> dict[str, torch.Tensor]:
+        recorder = ReferenceRecorder(self, stop=stop_in_block)
+        stop = None if stop_in_block else self.up_blocks[-1].register_forward_hook(_stop_forward)
         try:
             timestep = torch.zeros(1, device=latent.device, dtype=latent.dtype)
             super().forward(latent, timestep, encoder_hidden_states=context)
         except ReferenceRecorder._Done:
             pass
         finally:
-            stop.remove()
+            if stop is not None:
+                stop.remove()
             recorder.remove()
         return recorder.features
 
