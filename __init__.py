@@ -6,6 +6,14 @@ ComfyUI imports this folder as a package; the engine lives in ``rain/`` (no Comf
 ``ComfyUI/models/rain/`` (see README).
 """
 
+import importlib.util as _importlib_util
+
+if _importlib_util.find_spec("cv2") is None:
+    # ComfyUI shows this as the pack's import error: say how to fix it rather than "No module named 'cv2'".
+    raise ImportError("ComfyUI-RAIN needs OpenCV, which is not installed in ComfyUI's Python: run the pack's "
+                      "install.py with that Python (ComfyUI-Manager does), or pip install opencv-python-headless "
+                      "(any OpenCV build will do), and restart ComfyUI.")
+
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, setup as _setup
 
 WEB_DIRECTORY = "./web"

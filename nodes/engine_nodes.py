@@ -81,7 +81,7 @@ class RainBuildEngine:
         height, width = model_set.frame_size(rain_model, height, width, "Build RAIN TensorRT Engine")
         check_size(height, width)
         messages: list[str] = []
-        resolved = resolve_backend(backend, notify=messages.append)
+        resolved = resolve_backend(backend, notify=messages.append, device=rain_model.device)
         for message in messages:
             log.warning("RAIN: %s", message)
         cache_dir = str(host.model_roots()[0] / "tensorrt")

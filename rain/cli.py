@@ -230,8 +230,9 @@ def run_make_tiny_models(args) -> int:
         if not devtools.write_tiny_dwpose(path):
             dwpose = "kept the real DWPose files there"
     except ImportError:
+        from .optional import install_hint
         dwpose = "no DWPose stand-ins"
-        print("DWPose stand-ins skipped: they are built with the onnx package (python -m pip install onnx); "
+        print(f"DWPose stand-ins skipped: they are built with the onnx package ({install_hint('onnx')}); "
               "--task face/body and the landmark nodes need them", file=sys.stderr)
     depth = devtools.write_tiny_depth_estimator(path)
     height, width = devtools.TINY_NATIVE_SIZE

@@ -13,7 +13,10 @@ each on two cores).
 
 import logging
 
+import sys
+
 import numpy as np
+
 import pytest
 import torch
 
@@ -210,11 +213,48 @@ def test_tensorrt_build_can_be_cancelled(micro, references, stand_in_tensorrt):
 
 
 def test_without_tensorrt_the_stream_falls_back_to_compiled_and_says_how_to_install(monkeypatch):
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",   # as on a GPU machine without TensorRT, with Triton
+                        lambda name, *a: None if name == "tensorrt" else object() if name == "triton"
+                        else real_find_spec(name, *a))
+    said = []
+    assert backends.resolve_backend("tensorrt", notify=said.append, device="cuda") == "compiled"
+    assert "not installed" in said[0] and "extra 'tensorrt'" in said[0] and "'compiled' backend" in said[0]
+    assert backends.resolve_backend("onnx", notify=said.append, device="cuda") == "onnx" and len(said) == 1
+
+
+def test_a_broken_tensorrt_install_shows_its_import_error_not_not_installed(monkeypatch):
+    import importlib
+    import importlib.util
+    real_import, real_find_spec = importlib.import_module, importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name in ("tensorrt", "triton") else real_find_spec(name, *a))
+
+    def broken(name, *args, **kwargs):
+        if name == "tensorrt":
+            raise ImportError("libnvinfer.so.10: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(importlib, "import_module", broken)
+    said = []
+    assert backends.resolve_backend("tensorrt", notify=said.append, device="cuda") == "compiled"
+    assert "installed but failed to import" in said[0] and "libnvinfer.so.10" in said[0]
+    assert "not installed" not in said[0]
+
+
+def test_tensorrt_on_a_cpu_says_it_needs_an_nvidia_gpu(monkeypatch):
     monkeypatch.setattr(backends, "tensorrt_module", lambda: None)
     said = []
-    assert backends.resolve_backend("tensorrt", notify=said.append) == "compiled"
-    assert "optional extra 'tensorrt'" in said[0] and "compiled" in said[0]
-    assert backends.resolve_backend("onnx", notify=said.append) == "onnx" and len(said) == 1
+    assert backends.resolve_backend("tensorrt", notify=said.append, device="cpu") == "eager"
+    assert "NVIDIA GPU" in said[0] and "cpu" in said[0]
+
+
+def test_compiled_on_a_gpu_without_triton_falls_back_to_eager_once(monkeypatch):
+    monkeypatch.setattr(backends, "triton_available", lambda: False)   # ComfyUI's Windows portable build
+    said = []
+    assert backends.resolve_backend("compiled", notify=said.append, device="cuda") == "eager"
+    assert "Triton" in said[0] and len(said) == 1
+    assert backends.resolve_backend("compiled", notify=said.append, device="cpu") == "compiled"  # C++ codegen
     with pytest.raises(ValueError, match="choose one of eager, compiled, onnx, tensorrt"):
         backends.resolve_backend("fast")
 

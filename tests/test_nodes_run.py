@@ -369,8 +369,9 @@ def test_engine_node_feeds_the_sampler_and_says_how_to_get_tensorrt(env, model, 
     settings = dict(width=SIZE, height=SIZE, frames_per_group=FAST["frames_per_group"],
                     num_groups=FAST["num_groups"], temporal_strength=FAST["temporal_strength"])
     (engine,) = nodes["RAIN_BuildEngine"].build(model, "tensorrt", unique_id="5", **settings)
-    assert engine.requested == "tensorrt" and engine.backend == "compiled"
-    assert "optional extra 'tensorrt'" in engine.messages[0]
+    # On this CPU: TensorRT needs an NVIDIA GPU, said once, and the plain stream runs.
+    assert engine.requested == "tensorrt" and engine.backend == "eager"
+    assert "NVIDIA GPU" in engine.messages[0] and "'onnx' backend" in engine.messages[0]
     assert engine.cache_dir.endswith("tensorrt")
     plain, plain_latents = nodes["RAIN_StreamSampler"].sample(model, reference, poses(5), decoder="taesdv", **FAST)
     fused, fused_latents = nodes["RAIN_StreamSampler"].sample(model, reference, poses(5), decoder="taesdv",

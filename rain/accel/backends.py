@@ -14,7 +14,9 @@ stream gets its own buffers. Exported graphs and engines are also kept on disk (
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +28,7 @@ from .cache import ArtefactCache, graph_parts, weights_fingerprint
 from .fused_step import FusedStreamStep
 from .onnx_export import OPSET, export_step
 from .runners import FusedSteadyStep, eager_steady_step
-from .tensorrt_engine import INSTALL_MESSAGE, Progress, tensorrt_module
+from .tensorrt_engine import Progress, tensorrt_module, unavailable_message
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,35 @@ def default_cache_dir(pipeline) -> Path:
     return Path(pipeline.models_dir) / CACHE_FOLDER
 
 
-def resolve_backend(backend: str, *, notify: Callable[[str], None] = log.warning) -> str:
-    """The backend that will run: ``tensorrt`` becomes ``compiled`` (with ``notify(INSTALL_MESSAGE)``) when
-    TensorRT cannot be imported."""
+GPU_ONLY_MESSAGE = ("TensorRT engines run only on an NVIDIA GPU with CUDA, and this stream runs on {device}; it uses the "
+                    "'{fallback}' backend instead (on a CPU the 'onnx' backend is the fast one)")
+NO_TRITON_MESSAGE = ("the 'compiled' backend on a GPU needs Triton (torch.compile's GPU code generator), which is not "
+                     "installed here (ComfyUI's Windows portable build has none: {install}); the stream runs with "
+                     "the 'eager' backend instead")
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str, *, notify: Callable[[str], None] = log.warning, device=None) -> str:
+    """The backend that will really run on ``device``, saying once why when it is not the one asked for:
+    ``tensorrt`` needs an NVIDIA GPU (else ``eager``) and the tensorrt module (else ``compiled``, with the
+    install command or the real import error); ``compiled`` on a GPU needs Triton (else ``eager``)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    on_gpu = device is None or torch.device(device).type == "cuda"
     if backend == "tensorrt" and tensorrt_module() is None:
-        notify(INSTALL_MESSAGE)
-        return "compiled"
+        if not on_gpu:
+            notify(GPU_ONLY_MESSAGE.format(device=torch.device(device).type, fallback="eager"))
+            return "eager"
+        notify(unavailable_message())
+        backend = "compiled"
+    if backend == "compiled" and device is not None and on_gpu and not triton_available():
+        from ..shell import pip_command
+        install = pip_command("install", "triton-windows" if os.name == "nt" else "triton")
+        notify(NO_TRITON_MESSAGE.format(install=install))
+        return "eager"
     return backend
 
 
@@ -111,7 +134,7 @@ def build_backend(pipeline, backend: str, settings: StreamSettings, height: int,
                   progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
                   rebuild: bool = False, notify: Callable[[str], None] = log.warning, **options):
     """The built artefact for a backend (cached on the pipeline): has ``backend`` and ``steady_step(constants)``."""
-    backend = resolve_backend(backend, notify=notify)
+    backend = resolve_backend(backend, notify=notify, device=pipeline.device)
     unet = pipeline.models.video_unet
     unet.set_temporal_strength(settings.temporal_strength)  # baked into compiled graphs and engines
     key = (backend, str(pipeline.dtype), str(pipeline.device), height, width, settings.frames_per_group,

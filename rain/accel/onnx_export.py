@@ -37,11 +37,14 @@ class BackendUnavailable(ValueError):
 
 
 def check_export_requirements() -> None:
-    import importlib.util
-    missing = [name for name in EXPORT_REQUIREMENTS if importlib.util.find_spec(name) is None]
-    if missing:
-        raise BackendUnavailable(f"exporting the stream step to ONNX needs {' and '.join(missing)}: "
-                                f"pip install {' '.join(missing)} (or the pack's optional extra 'tensorrt')")
+    """Both export modules import, or one message naming the extra ('onnx', also inside 'tensorrt') that brings
+    them, or the real import error of a broken install."""
+    from ..optional import OptionalModuleMissing, import_optional
+    for name in EXPORT_REQUIREMENTS:
+        try:
+            import_optional(name, "exporting the stream step to ONNX (the onnx and tensorrt backends)")
+        except OptionalModuleMissing as error:
+            raise BackendUnavailable(str(error)) from error
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..optional import OptionalModuleMissing, import_optional
 from .cache import ArtefactCache, engine_parts
 from .fused_step import FusedStreamStep
 from .runners import FusedSteadyStep, StepRunner
@@ -33,19 +34,27 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float | None], None]  # (message, fraction done of the current phase or None)
 
-INSTALL_MESSAGE = ("TensorRT is not installed, so the stream runs with the 'compiled' backend (torch.compile + "
-                   "CUDA graphs) instead. For TensorRT engines install the pack's optional extra 'tensorrt' "
-                   "(pip install -e \"<ComfyUI-RAIN folder>[tensorrt]\", or pip install tensorrt matching your "
-                   "CUDA; NVIDIA's wheels need a GPU machine with NVIDIA's package index reachable) and restart.")
+PURPOSE = "TensorRT engines"
+FALLBACK = ("so the stream runs with the 'compiled' backend (torch.compile + CUDA graphs) instead; restart after "
+            "installing (NVIDIA's wheels need a GPU machine, with a CUDA matching torch's)")
 
 
 def tensorrt_module():
-    """The ``tensorrt`` module, or None when it is not installed (or does not load on this machine)."""
+    """The ``tensorrt`` module, or None when it is not installed or does not load on this machine
+    (:func:`unavailable_message` says which, with the real import error)."""
     try:
-        import tensorrt
-    except (ImportError, OSError):
+        return import_optional("tensorrt", PURPOSE)
+    except OptionalModuleMissing:
         return None
-    return tensorrt
+
+
+def unavailable_message() -> str:
+    """Why ``tensorrt`` cannot be used: not installed (and which extra brings it), or the import error."""
+    try:
+        import_optional("tensorrt", PURPOSE)
+    except OptionalModuleMissing as error:
+        return f"{error}; {FALLBACK}."
+    return "TensorRT imports."
 
 
 class EngineMismatch(RuntimeError):

@@ -30,10 +30,16 @@ _DEFAULT_DETECTOR_INPUT = (640, 640)
 _DEFAULT_POSE_INPUT = (256, 192)     # (H, W) when an ONNX file leaves it symbolic
 
 
+def onnxruntime_module():
+    """onnxruntime (any build: CPU, -gpu, -directml …), or one message saying how to get it."""
+    from ..optional import import_optional
+    return import_optional("onnxruntime", "DWPose (face and body keypoints)")
+
+
 def default_providers(*, tensorrt: bool = False, engine_cache: "str | os.PathLike | None" = None) -> list:
     """onnxruntime providers to use: TensorRT (only if asked; fp16, its engines cached in ``engine_cache``),
     CUDA when available (onnxruntime-gpu), always CPU last."""
-    import onnxruntime as ort
+    ort = onnxruntime_module()
 
     available = set(ort.get_available_providers())
     providers: list = []
@@ -71,8 +77,7 @@ class OnnxModel:
     """An onnxruntime session plus what the runner needs to know about its input."""
 
     def __init__(self, model: "str | os.PathLike | bytes", providers: Sequence[str] | None = None):
-        import onnxruntime as ort
-
+        ort = onnxruntime_module()
         source = model if isinstance(model, bytes) else str(model)
         options = ort.SessionOptions()
         # Idle worker threads would otherwise spin after each call and steal the CPU from the NumPy pre/post
