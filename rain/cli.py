@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .sizes import parse_size
+
 DEFAULT_MODELS_DIR = "models"
 
 
@@ -67,18 +69,6 @@ class Parser(argparse.ArgumentParser):
             if shared is not None:
                 kwargs["help"] = shared
         return super().add_argument(*names, **kwargs)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'512' or 'WxH' → (height, width)."""
-    try:
-        if "x" in text.lower():
-            width, height = (int(v) for v in text.lower().split("x"))
-        else:
-            width = height = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or WxH (e.g. 512 or 512x768), got {text!r}") from None
-    return height, width
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,11 +172,12 @@ def run_convert(args) -> int:
     import torch
 
     from . import weights
+    from .convert import convert_to_safetensors
     failed = 0
     for path in args.paths:  # one bad file does not stop the others
         try:
-            out = weights.convert_to_safetensors(path, dtype=torch.float16 if args.fp16 else None,
-                                                 overwrite=args.overwrite)
+            out = convert_to_safetensors(path, dtype=torch.float16 if args.fp16 else None,
+                                         overwrite=args.overwrite)
         except weights.WeightsError as error:
             print(f"error: {error}", file=sys.stderr)
             failed += 1

@@ -101,15 +101,28 @@ def test_cross_attention_without_constants_is_full_attention_with_gradients(micr
     from diffusers.models.attention_processor import AttnProcessor2_0
     block = micro.models.video_unet.down_blocks[0].attentions[0].transformer_blocks[0]
     attn = block.attn2
-    hidden = torch.randn(2, 16, 32)
-    context = torch.randn(2, 1, 768)
-    expected = AttnProcessor2_0()(attn, hidden, context)
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 16, 32, generator=generator)
     attn.requires_grad_(True)
     try:
+        # Several context tokens: the softmax really weighs them, so every projection gets a real gradient.
+        context = torch.randn(2, 3, 768, generator=generator)
         out = attn(hidden, encoder_hidden_states=context)
-        assert torch.equal(out, expected)
+        assert torch.equal(out, AttnProcessor2_0()(attn, hidden, context))
         out.square().sum().backward()
-        assert attn.to_q.weight.grad is not None and attn.to_q.weight.grad.abs().sum() > 0
+        for projection in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]):
+            assert projection.weight.grad is not None and projection.weight.grad.abs().max() > 1e-3
+        attn.zero_grad(set_to_none=True)
+        # One token (the CLIP image embedding RAIN uses): the softmax is identically 1, so the output does not
+        # depend on to_q/to_k at all. Their gradient is zero up to float32 rounding, whatever the CPU.
+        one = context[:, :1]
+        out = attn(hidden, encoder_hidden_states=one)
+        assert torch.equal(out, AttnProcessor2_0()(attn, hidden, one))
+        out.square().sum().backward()
+        scale = attn.to_v.weight.grad.abs().max()
+        assert scale > 1e-3
+        for projection in (attn.to_q, attn.to_k):
+            assert projection.weight.grad is None or projection.weight.grad.abs().max() <= 1e-5 * scale
     finally:
         attn.requires_grad_(False)
         attn.zero_grad(set_to_none=True)

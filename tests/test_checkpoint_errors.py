@@ -4,6 +4,7 @@ Reduced-size files come from ``rain.devtools`` (the ``tiny_models_dir`` fixture)
 manifests turned into shapes on the meta device, so no real weights and no memory are needed.
 """
 
+from rain.convert import convert_to_safetensors
 import logging
 import shutil
 
@@ -182,7 +183,7 @@ def test_convert_refuses_a_source_that_does_not_fit(tiny_unet, tmp_path):
     src = tmp_path / "motion_unet.pth"
     torch.save({**tiny_unet, WIDTH_KEY: torch.zeros(60, 32, 3, 3)}, src)
     with pytest.raises(weights.WeightsError) as error:
-        weights.convert_to_safetensors(src)
+        convert_to_safetensors(src)
     message = str(error.value)
     assert WIDTH_KEY in message and f"Nothing was written: converting {src}" in message
     assert files_in(tmp_path) == ["motion_unet.pth"]
@@ -193,7 +194,7 @@ def test_convert_failure_keeps_the_earlier_output(tmp_path):
     dst.write_bytes(b"earlier output")
     torch.save({"foo.weight": torch.zeros(2)}, src)
     with pytest.raises(weights.WeightsError, match="not a checkpoint RAIN loads: its keys match no known model"):
-        weights.convert_to_safetensors(src, overwrite=True)
+        convert_to_safetensors(src, overwrite=True)
     assert dst.read_bytes() == b"earlier output" and files_in(tmp_path) == [src.name, dst.name]
 
 
@@ -202,14 +203,14 @@ def test_convert_refuses_what_fp16_cannot_hold(tmp_path):
     sd["conv_out.bias"][0] = 1e6
     torch.save(sd, tmp_path / "pose_guider.pth")
     with pytest.raises(weights.WeightsError, match=r"conv_out.bias holds values up to 1e\+06.*without --fp16"):
-        weights.convert_to_safetensors(tmp_path / "pose_guider.pth", dtype=torch.float16)
+        convert_to_safetensors(tmp_path / "pose_guider.pth", dtype=torch.float16)
     assert files_in(tmp_path) == ["pose_guider.pth"]
 
 
 def test_convert_writes_a_wrapped_file_without_its_prefix(tmp_path):
     sd = tiny_pose_guider()
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "pose_guider.pth")
-    out = weights.convert_to_safetensors(tmp_path / "pose_guider.pth")
+    out = convert_to_safetensors(tmp_path / "pose_guider.pth")
     assert set(safetensors.torch.load_file(out)) == set(sd)
 
 

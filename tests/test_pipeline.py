@@ -1,5 +1,6 @@
 """The pipeline on reduced random models in the released file layout: loading, fusing, streaming, errors."""
 
+from rain.convert import convert_to_safetensors
 import shutil
 
 import numpy as np
@@ -134,7 +135,7 @@ def test_converted_safetensors_load_to_the_same_model(tiny_models_dir, tmp_path,
     models = tmp_path / "models"
     shutil.copytree(tiny_models_dir, models)
     for name in ("reference_unet", "motion_unet", "pose_guider", "taesdv"):
-        weights.convert_to_safetensors(models / f"{name}.pth")
+        convert_to_safetensors(models / f"{name}.pth")
         (models / f"{name}.pth").unlink()
     converted = RainPipeline.from_models_dir(models)
     original = RainPipeline.from_models_dir(tiny_models_dir)

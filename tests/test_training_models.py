@@ -60,7 +60,10 @@ def test_a_batch_of_clips_attends_to_its_own_references(unets):
 
 def test_reference_features_for_training_equal_inference_and_carry_gradients(unets):
     reference_unet, _ = unets
-    _, _, context, latents = _inputs(1, 1)
+    _, _, _, latents = _inputs(1, 1)
+    # Three context tokens: with RAIN's one (the CLIP image embedding) the softmax of every cross-attention is
+    # identically 1 and to_q/to_k get a gradient that is zero up to rounding, which proves nothing either way.
+    context = torch.randn(1, 3, 768, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = reference_unet.reference_features(latents, context)
     reference_unet.requires_grad_(True)
@@ -70,9 +73,14 @@ def test_reference_features_for_training_equal_inference_and_carry_gradients(une
         for name in expected:
             assert torch.equal(features[name], expected[name]), name
         sum(f.square().sum() for f in features.values()).backward()
-        no_gradient = {n for n, p in reference_unet.named_parameters() if p.grad is None or not p.grad.any()}
-        # What no feature depends on is exactly the set stage 1 freezes (several GPUs need it frozen).
-        assert no_gradient == reference_dead_parameters(reference_unet)
+        # What no feature depends on is exactly the set stage 1 freezes (several GPUs need it frozen). "Depends"
+        # is structural: outside the autograd graph, no gradient at all. (Some parameters in the graph have a
+        # gradient that is mathematically zero, e.g. a bias a one-channel-per-group GroupNorm removes; their
+        # computed value is rounding noise, so the test never looks at its size.)
+        outside_graph = {n for n, p in reference_unet.named_parameters() if p.grad is None}
+        assert outside_graph == reference_dead_parameters(reference_unet)
+        attn2 = reference_unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+        assert attn2.to_q.weight.grad.abs().max() > 1e-3 and attn2.to_k.weight.grad.abs().max() > 1e-3
     finally:
         reference_unet.zero_grad(set_to_none=True)
         reference_unet.requires_grad_(False)

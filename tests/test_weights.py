@@ -1,5 +1,6 @@
 """Safe loading, strict loading, identification, manifests, conversion and lookup of checkpoints."""
 
+from rain.convert import convert_to_safetensors
 import json
 from pathlib import Path
 
@@ -261,13 +262,13 @@ def test_convert_roundtrip_and_overwrite_guard(tmp_path):
     sd = pose_guider_sd()
     sd["blocks.0.bias"] = sd["conv_in.bias"]  # shared storage (tied weights) must not break safetensors
     torch.save(sd, tmp_path / "m.pth")
-    out = weights.convert_to_safetensors(tmp_path / "m.pth")
+    out = convert_to_safetensors(tmp_path / "m.pth")
     assert out == tmp_path / "m.safetensors"
     back = weights.load_state_dict(out)
     assert all(torch.equal(back[k], sd[k]) and back[k].dtype == sd[k].dtype for k in sd)
     with pytest.raises(WeightsError, match="already exists"):
-        weights.convert_to_safetensors(tmp_path / "m.pth")
-    weights.convert_to_safetensors(tmp_path / "m.pth", overwrite=True)
+        convert_to_safetensors(tmp_path / "m.pth")
+    convert_to_safetensors(tmp_path / "m.pth", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth", "m.safetensors"]
 
 
@@ -283,7 +284,7 @@ def test_convert_with_dtype_keeps_integer_buffers(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config))
     torch.save(sd, folder / "pytorch_model.bin")
-    out = weights.convert_to_safetensors(folder / "pytorch_model.bin", dtype=torch.float16)
+    out = convert_to_safetensors(folder / "pytorch_model.bin", dtype=torch.float16)
     assert out == folder / "model.safetensors"  # the name the loader looks for
     back = weights.load_state_dict(out)
     assert back["vision_model.embeddings.patch_embedding.weight"].dtype == torch.float16

@@ -17,7 +17,7 @@ log = logging.getLogger("rain.live")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import parse_size  # one size syntax for every command
+    from ..sizes import parse_size  # one size syntax for every command
     from .pose_stage import PRESETS, TASKS
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--reference", required=True, type=Path, help="the character image")

@@ -139,9 +139,10 @@ def locate_dwpose_models(models_dir: str | os.PathLike | None = None, *, detecto
 
 def download_command(models_dir: str | os.PathLike | None) -> str:
     """The command that downloads the default pair into ``<models_dir>/dwpose`` (where it is looked for)."""
-    import shlex
-    target = shlex.quote(str(Path(models_dir).absolute())) if models_dir is not None else "<models folder>"
-    return f"{DOWNLOAD_COMMAND} --models-dir {target}"
+    from ..shell import rain_command
+    if models_dir is None:
+        return rain_command("download", "--dwpose") + " --models-dir <models folder>"
+    return rain_command("download", "--dwpose", "--models-dir", str(Path(models_dir).absolute()))
 
 
 def _missing_message(missing: list[str], wanted: dict[str, tuple[str, ...]], models_dir, extra_dirs) -> str:

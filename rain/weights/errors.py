@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
+
+from ..shell import rain_command
 
 
 class WeightsError(RuntimeError):
@@ -21,12 +22,12 @@ class DownloadError(WeightsError):
 
 def download_command(models_dir: str | os.PathLike[str]) -> str:
     """The shell command that fetches every missing model file into ``models_dir``."""
-    return f"python -m rain download --models-dir {shlex.quote(str(models_dir))}"
+    return rain_command("download", "--models-dir", str(models_dir))
 
 
 def convert_command(path: str | os.PathLike[str]) -> str:
     """The shell command that converts a pickle checkpoint to safetensors."""
-    return f"python -m rain convert {shlex.quote(str(path))}"
+    return rain_command("convert", str(path))
 
 
 def redownload_hint(source: str | os.PathLike[str]) -> str:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import WeightsError
-from .safe_load import load_state_dict
+from .loading import check_checkpoint
+from .weights.errors import WeightsError
+from .weights.safe_load import load_state_dict
 
 
 # transformers names the safetensors file of ``pytorch_model.bin`` differently; the loader looks for that name.
@@ -35,8 +36,6 @@ def convert_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[s
     renamed, so an interrupted or failed conversion leaves nothing under the final name.
     """
     import safetensors.torch
-
-    from ..loading import check_checkpoint  # the model classes are known only there
 
     src = Path(src)
     dst = Path(dst) if dst is not None else default_destination(src)
