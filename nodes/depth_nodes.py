@@ -25,7 +25,7 @@ def depth_model_choices() -> list[str]:
     from ..rain.depth import is_depth_model_folder
 
     folders = set()
-    for relative in host.list_model_files():
+    for relative in host.list_model_files():   # '/'-separated on every OS (host.list_model_files)
         parent, _, name = relative.rpartition("/")
         if name in _WEIGHT_FILES and parent:
             path = host.model_file_path(relative)
@@ -38,12 +38,13 @@ def depth_model_folder(choice: str) -> Path:
     """The folder of a dropdown entry; ``auto`` = ``depth_estimator/`` in any models/rain folder."""
     from ..rain.depth import DEPTH_FOLDER, find_depth_model
 
-    name = DEPTH_FOLDER if choice == AUTO else choice
+    # Workflows are shared: a name from one must stay inside the models folders ('..', absolute, C:, UNC refused).
+    name = DEPTH_FOLDER if choice == AUTO else choice.replace("\\", "/")
     roots = host.model_roots()
     for root in roots:
         if (root / name / "config.json").is_file():
-            return find_depth_model(None, root / name)
-    return find_depth_model(None, (roots[0] if roots else Path("models/rain")) / name)  # raises with the fix
+            return find_depth_model(root, name)
+    return find_depth_model(roots[0] if roots else Path("models/rain"), name)  # raises with the fix
 
 
 _estimators: "OrderedDict[str, tuple]" = OrderedDict()

@@ -59,26 +59,60 @@ def input_file_path(name: str) -> Path:
     if folder_paths is not None:
         return Path(folder_paths.get_annotated_filepath(name))
     relative = PurePosixPath(name.replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts or PureWindowsPath(name).drive or "\0" in name:
+    if leaves_folder(name):
         raise ValueError(f"{name!r} is not a file name inside the input folder {input_directory()}; pick the video "
                          f"from the list or upload it.")
     return input_directory() / relative
 
 
+def leaves_folder(name: str) -> str | None:
+    """Why ``name`` would not stay inside a folder, judged as on Windows and POSIX alike (a workflow made on
+    one runs on the other): absolute, a drive letter (``C:``, ``C:x``), a UNC path (``\\\\server\\share``),
+    a ``..`` component, a NUL character; or None."""
+    windows = PureWindowsPath(name)
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if "\0" in name:
+        return "contains a NUL character"
+    if name.startswith(("\\\\", "//")):
+        return "is a UNC network path"
+    if windows.drive:
+        return f"names the drive {windows.drive}"
+    if posix.is_absolute():
+        return "is an absolute path"
+    if ".." in posix.parts:
+        return "contains a '..' component"
+    return None
+
+
+#: Characters Windows refuses in a file name, and its reserved device names.
+_NOT_IN_NAMES = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def safe_file_name(text: str) -> str:
+    """``text`` as one file name every OS accepts: a node id inside a subgraph (``12:5``) has a ':', which
+    Windows refuses."""
+    name = "".join("_" if c in _NOT_IN_NAMES else c for c in str(text)).rstrip(" .") or "_"
+    return f"_{name}" if name.split(".")[0].upper() in _RESERVED else name
+
+
 def numbered_output(prefix: str, suffix: str) -> tuple[Path, str, str]:
     """(path, subfolder, file name) of a new output ``<prefix>_00001_<suffix>`` in the output folder, numbered
-    after the files already there (as core Save Video / Save Image number theirs)."""
+    after the files already there (as core Save Video / Save Image number theirs). A prefix leaving the output
+    folder is refused before ComfyUI sees it (its own check follows the OS it runs on: ``C:x`` passes on Linux)."""
     import re
 
     output = output_directory()
+    problem = leaves_folder(prefix)
+    if problem:
+        raise ValueError(f"filename_prefix {prefix!r} {problem}: it would save outside the output folder {output}. "
+                         f"Use a name, or subfolder/name, inside it.")
     folder_paths = _module("folder_paths")
     if folder_paths is not None:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, str(output))
         name = f"{filename}_{counter:05}_{suffix}"
         return Path(folder) / name, subfolder, name
     relative = PurePosixPath(prefix.replace("\\", "/"))
-    if relative.is_absolute() or ".." in relative.parts:
-        raise ValueError(f"filename_prefix {prefix!r} would save outside the output folder {output}")
     folder = output / relative.parent
     folder.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(relative.name) + r"_(\d+)_")

@@ -75,9 +75,12 @@ def list_model_files() -> list[str]:
     folder_paths = _module("folder_paths")
     if folder_paths is not None:
         try:
-            return list(folder_paths.get_filename_list(MODEL_FOLDER))
+            listed = folder_paths.get_filename_list(MODEL_FOLDER)
         except KeyError:
             return []
+        # ComfyUI on Windows lists 'body\\motion_unet.pth'; workflows store 'body/motion_unet.pth'. One spelling
+        # everywhere, or a shared workflow fails validation with "Value not in list" on the other OS.
+        return sorted({name.replace("\\", "/") for name in listed})
     found: set[str] = set()
     for root in model_roots():
         if not root.is_dir():
@@ -137,6 +140,7 @@ def model_file_path(relative: str) -> Path | None:
     ``get_full_path`` confines it itself."""
     folder_paths = _module("folder_paths")
     if folder_paths is not None:
+        check_model_name(relative)   # before ComfyUI's own check, which judges 'C:x' by the OS it runs on
         try:
             full = folder_paths.get_full_path(MODEL_FOLDER, relative)
         except KeyError:

@@ -177,7 +177,7 @@ def _folder_config(path: Path | None, folder: str, roots) -> dict | None:
     for candidate in candidates:
         config = Path(candidate) / "config.json"
         if config.is_file():
-            return json.loads(config.read_text())
+            return json.loads(config.read_text(encoding="utf-8"))
     return None
 
 

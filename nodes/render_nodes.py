@@ -154,7 +154,8 @@ class RainRenderVideo:
             raise ValueError("This reference was fused with another RAIN model: connect the same Load RAIN Model "
                              "node to Fuse RAIN Reference and to RAIN Render Video.")
         kind = TASKS[task]
-        path = (host.video_source_path(driving_video, f"rain_render_{unique_id or 'input'}.mp4")
+        path = (host.video_source_path(driving_video,
+                                          host.safe_file_name(f"rain_render_{unique_id or 'input'}.mp4"))
                 if driving_video is not None else host.input_file_path(video))
         info = probe(path)     # names the file and says what is wrong, before any model is loaded
         timing = scan_timing(path) if info.kind == "video" else None

@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--task", choices=("pose", "face", "body", "depth"), default="pose",
                          help="pose: the driving video already shows pose images; face/body: detect with DWPose; "
                               "depth: depth maps from the depth estimator (--depth-model)")
-    animate.add_argument("--depth-model", type=Path, default=None,
-                         help="--task depth: depth model folder (default: MODELS_DIR/depth_estimator)")
+    animate.add_argument("--depth-model", default=None, metavar="NAME",
+                         help="--task depth: the depth model's folder name inside MODELS_DIR (default: depth_estimator)")
     animate.add_argument("--size", type=parse_size, default=None,
                          help="output size N or WxH, multiples of 8 (default: the size the models declare, else "
                               "the driving video's size rounded down to multiples of 8, or 512 with "
@@ -233,6 +233,8 @@ def run_make_tiny_models(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .shell import tolerant_console
+    tolerant_console()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from .animate import RenderFailed

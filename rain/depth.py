@@ -42,16 +42,42 @@ def is_depth_model_folder(folder: str | os.PathLike) -> bool:
     if not config.is_file():
         return False
     try:
-        data = json.loads(config.read_text())
+        data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
     architectures = data.get("architectures") or []
     return data.get("model_type") in DEPTH_MODEL_TYPES or any(a.endswith("ForDepthEstimation") for a in architectures)
 
 
+def depth_model_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a folder name inside a models folder (absolute, a drive or UNC path, '..'), or None."""
+    from pathlib import PurePosixPath, PureWindowsPath
+    text = str(name)
+    if "\0" in text or not text.strip():
+        return "is empty or contains a NUL character"
+    if PureWindowsPath(text).drive or text.startswith(("\\\\", "//")) or PurePosixPath(text).is_absolute():
+        return "is an absolute path"
+    if ".." in PurePosixPath(text.replace("\\", "/")).parts:
+        return "contains a '..' component"
+    return None
+
+
 def find_depth_model(models_dir: str | os.PathLike | None, model: str | os.PathLike | None = None) -> Path:
-    """The depth model folder: ``model`` if given (a folder), else ``<models_dir>/depth_estimator``."""
-    folder = Path(model) if model is not None else Path(models_dir or ".") / DEPTH_FOLDER
+    """The depth model folder: ``<models_dir>/<model>`` (a folder name inside the models folder; a model is code
+    and weights the estimator runs, so it is never loaded from elsewhere), else ``<models_dir>/depth_estimator``."""
+    root = Path(models_dir or ".")
+    if model is None:
+        folder = root / DEPTH_FOLDER
+    else:
+        problem = depth_model_name_problem(str(model))
+        if problem:
+            raise DepthModelNotFound(
+                f"depth model {str(model)!r} {problem}: give the name of a folder inside the models folder {root} "
+                f"(e.g. {DEPTH_FOLDER}); move or copy the model there first.")
+        folder = root / str(model).replace("\\", "/")
+        if folder.exists() and not folder.resolve().is_relative_to(root.resolve()):
+            raise DepthModelNotFound(f"{folder} leads to {folder.resolve()}, outside the models folder {root}; "
+                                     f"move or copy the depth model into {root}.")
     if not folder.is_dir():
         raise DepthModelNotFound(
             f"no depth estimator at {folder}: put a transformers depth model folder there (config.json, the "

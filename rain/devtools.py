@@ -129,7 +129,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
     image_encoder/ with reduced widths and random weights (shaped for display) into ``models_dir``."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    config = json.loads(TINY_CONFIG.read_text())
+    config = json.loads(TINY_CONFIG.read_text(encoding="utf-8"))
     generator = torch.Generator().manual_seed(seed)
     unet_config = UNetConfig(block_out_channels=tuple(config["unet_block_out_channels"]))
 
@@ -153,7 +153,7 @@ def write_tiny_models(models_dir: str | Path, seed: int = 0) -> Path:
         randomise_weights(module, generator)
         (models_dir / folder).mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, models_dir / folder / filename)
-        (models_dir / folder / "config.json").write_text(json.dumps(folder_config, indent=1))
+        (models_dir / folder / "config.json").write_text(json.dumps(folder_config, indent=1), encoding="utf-8")
 
     save_folder(build_vae(config["vae"]), "sd-vae-ft-mse", "diffusion_pytorch_model.safetensors", config["vae"])
     save_folder(build_image_encoder(config["image_encoder"]), "image_encoder", "model.safetensors",
@@ -203,7 +203,7 @@ def write_tiny_sd_unet(folder: str | Path, seed: int = 0) -> Path:
     set's widths, for trying stage-1 training from an SD UNet without the 3.4 GB download."""
     from diffusers import UNet2DConditionModel
 
-    config = json.loads(TINY_CONFIG.read_text())
+    config = json.loads(TINY_CONFIG.read_text(encoding="utf-8"))
     widths = tuple(config["unet_block_out_channels"])
     unet = UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, block_out_channels=widths, layers_per_block=2,

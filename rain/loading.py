@@ -143,7 +143,7 @@ def _plan_taesdv(state_dict, source) -> _Plan:
 
 
 def _plan_vae(state_dict, config: dict | None, source) -> _Plan:
-    config = config or json.loads(DEFAULT_VAE_CONFIG.read_text())
+    config = config or json.loads(DEFAULT_VAE_CONFIG.read_text(encoding="utf-8"))
     _check_kind(state_dict, source=source, expected="sd_vae")
     if is_ldm_layout(state_dict):
         state_dict = ldm_to_diffusers(state_dict, config)
@@ -151,7 +151,7 @@ def _plan_vae(state_dict, config: dict | None, source) -> _Plan:
 
 
 def _plan_image_encoder(state_dict, config: dict | None, source) -> _Plan:
-    config = config or json.loads(DEFAULT_IMAGE_ENCODER_CONFIG.read_text())
+    config = config or json.loads(DEFAULT_IMAGE_ENCODER_CONFIG.read_text(encoding="utf-8"))
     state_dict = {k: v for k, v in state_dict.items() if k not in _BENIGN_EXTRA_KEYS}
     _check_kind(state_dict, source=source, expected="clip_vision")
     return _Plan("image_encoder", lambda: build_image_encoder(config), state_dict, repair=_rebuild_position_ids)
@@ -222,7 +222,7 @@ def check_checkpoint(state_dict: dict, *, source) -> str:
 
 def _folder_config(folder: Path) -> dict | None:
     config = folder / "config.json"
-    return json.loads(config.read_text()) if config.is_file() else None
+    return json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
 
 
 def _folder_weights(folder: Path, candidates: tuple[str, ...]) -> Path:

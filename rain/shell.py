@@ -51,9 +51,7 @@ def embedded_python(executable: str | None = None) -> bool:
 def python_command(*, windows: bool | None = None, executable: str | None = None) -> str:
     """How to start the Python that runs us: ``python`` when that is what a user types, else its full path."""
     executable = executable or sys.executable
-    if embedded_python(executable) or sys.prefix != sys.base_prefix and not os.environ.get("VIRTUAL_ENV"):
-        return quote(executable, windows=windows)
-    return "python"
+    return quote(executable, windows=windows) if embedded_python(executable) else "python"
 
 
 def rain_command(*arguments: str, windows: bool | None = None, executable: str | None = None) -> str:
@@ -71,3 +69,16 @@ def pip_command(*arguments: str, windows: bool | None = None, executable: str | 
     build, where a bare ``pip`` installs into another Python)."""
     return " ".join([python_command(windows=windows, executable=executable), "-m", "pip",
                      *(quote(str(a), windows=windows) for a in arguments)])
+
+
+def tolerant_console() -> None:
+    """Never crash on printing: a Windows console or a pipe in a legacy code page (cp1252, cp437) cannot encode
+    '→' or '×'; such characters are printed as '?' instead of raising UnicodeEncodeError mid-command."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding in ("utf8", "utf_8") or not hasattr(stream, "reconfigure"):
+            continue
+        try:
+            stream.reconfigure(errors="replace")
+        except (ValueError, OSError):   # a closed or detached stream: nothing will be printed there anyway
+            pass

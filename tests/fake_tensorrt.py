@@ -77,8 +77,16 @@ class OnnxParser:
         self.flags.add(flag)
 
     def parse_from_file(self, path):
+        if not str(path).isascii():   # as TensorRT's C++ file reader does on Windows
+            raise RuntimeError(f"cannot open {path}")
         import onnx
         onnx.load(path, load_external_data=False)  # a real ONNX file, or this raises
+        self.network.onnx_path = path
+        return True
+
+    def parse(self, model, path=None):
+        import onnx
+        onnx.load_from_string(bytes(model))  # a real ONNX graph, or this raises
         self.network.onnx_path = path
         return True
 

@@ -120,7 +120,13 @@ def test_animate_task_depth_from_a_raw_video(tiny_models_dir, tiny_dpt, tmp_path
             str(driving), "--task", "depth", "--size", "64", "-o"]
     assert main(base + [str(tmp_path / "missing.mp4")]) == 2
     assert "no depth estimator" in capsys.readouterr().err
-    code = main(base + [str(tmp_path / "out.mkv"), "--depth-model", str(tiny_dpt)])
+    # A depth model is named by its folder inside the models folder; a path outside it is refused.
+    assert main(base + [str(tmp_path / "out.mkv"), "--depth-model", str(tiny_dpt)]) == 2
+    assert "is an absolute path" in capsys.readouterr().err
+    assert main(base + [str(tmp_path / "out.mkv"), "--depth-model", "../elsewhere"]) == 2
+    assert "'..'" in capsys.readouterr().err and not (tmp_path / "out.mkv").exists()
+    shutil.copytree(tiny_dpt, models / "estimators" / "dpt")
+    code = main(base + [str(tmp_path / "out.mkv"), "--depth-model", "estimators/dpt"])
     assert code == 0
     assert sum(1 for _ in av.open(str(tmp_path / "out.mkv")).decode(video=0)) == 6
 

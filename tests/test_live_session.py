@@ -3,6 +3,7 @@ bounded queues when frames come faster than the model, bad frames, foreign origi
 and a clean shutdown. Waits are bounded polls, never timing assertions."""
 
 import asyncio
+import io
 import threading
 import time
 
@@ -10,6 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rain.live.pose_stage import LiveTask, translations_for
 from rain.live.protocol import FrameLimits, encode_image, frame_message, parse_output
@@ -267,7 +269,7 @@ def test_reference_swap_while_running(tiny_pipeline, reference):
             await collect(ws, frames, events, lambda: len(frames) >= 2)
             bad = await server.http.post(server.url("/reference"), data=b"not an image",
                                          headers={"Origin": server.origin})
-            assert bad.status == 400 and "JPEG, PNG or WebP" in (await bad.json())["error"]
+            assert bad.status == 400 and "not an image Pillow can read" in (await bad.json())["error"]
             response = await server.http.post(server.url("/reference?session=live"), data=encode_image(picture, "png"),
                                               headers={"Origin": server.origin, "Content-Type": "image/png"})
             assert response.status == 200, await response.text()
@@ -375,3 +377,75 @@ def test_clean_shutdown(tiny_pipeline, reference):
     wait_for(lambda: not session.running, "the registry to stop the session")
     wait_for(lambda: not any(t.name.startswith("rain-live") for t in threading.enumerate()), "the workers to end")
     assert session.error is None
+
+
+def _png(width, height, mode="RGB", value=128) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), value).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_reference_uploads_are_read_as_animate_reads_files(tiny_pipeline, reference):
+    """The live upload shares animate's reader: empty and tiny images get its messages, EXIF orientation and
+    16-bit depth are applied before fusing."""
+    session = LiveSession(tiny_pipeline, reference, settings=LiveSettings(FAST))
+    fused = []
+    session.swap_reference_image = fused.append          # what the route hands over, without a fuse
+
+    exif_rotated = io.BytesIO()
+    tall = Image.new("RGB", (40, 64), (200, 30, 30))
+    exif = tall.getexif()
+    exif[0x0112] = 6                                     # "rotate 90° clockwise to display"
+    tall.save(exif_rotated, "JPEG", exif=exif)
+
+    async def main():
+        async with Server(session) as server:
+            post = lambda data: server.http.post(server.url("/reference"), data=data,   # noqa: E731
+                                                 headers={"Origin": server.origin})
+            empty = await post(b"")
+            tiny = await post(_png(1, 1))
+            rotated = await post(exif_rotated.getvalue())
+            deep = await post(_png(48, 48, "I;16", 65535))
+            return ([await r.json() for r in (empty, tiny)], [r.status for r in (empty, tiny, rotated, deep)])
+
+    (empty, tiny), statuses = run(main())
+    assert statuses == [400, 400, 200, 200]
+    assert "is empty (0 bytes)" in empty["error"]
+    assert "1×1 pixels" in tiny["error"] and "at least 32 pixels" in tiny["error"]
+    assert fused[0].size == (64, 40)                      # upright, as animate reads the same file
+    assert fused[1].mode == "RGB" and fused[1].getpixel((0, 0)) == (255, 255, 255)   # 16-bit white stays white
+
+
+async def next_error(ws, timeout: float = 10.0) -> dict:
+    """The next JSON message of type "error" (stats and frames in between are skipped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = await ws.receive(timeout=timeout)
+        if message.type == aiohttp.WSMsgType.TEXT:
+            data = message.json()
+            if data.get("type") == "error":
+                return data
+    raise AssertionError("no error message came back")
+
+
+def test_a_message_of_the_wrong_kind_is_answered_with_what_was_expected(tiny_pipeline, reference):
+    session = LiveSession(tiny_pipeline, reference, settings=LiveSettings(FAST))
+
+    async def main():
+        async with Server(session) as server:
+            async with server.connect(role="viewer") as viewer:
+                await viewer.receive_json()
+                await viewer.send_bytes(frame_message(0, 0, camera_jpeg()))
+                said = await next_error(viewer)
+            async with server.connect() as camera:
+                await camera.receive_json()
+                await camera.send_bytes(b"\x00garbage")
+                garbage = await next_error(camera)
+                await camera.send_str('{"type": "dance"}')
+                unknown = await next_error(camera)
+            return said, garbage, unknown
+
+    said, garbage, unknown = run(main())
+    assert said["type"] == "error" and "role=camera" in said["message"]
+    assert garbage["type"] == "error" and "header" in garbage["message"] and "JSON text" in garbage["message"]
+    assert unknown["type"] == "error" and unknown["message"]

@@ -167,10 +167,11 @@ def test_depth_dataset_random_crops_and_depth_conditions(videos, tmp_path):
     from rain.depth import DepthConditioner, DepthEstimator
     from rain.devtools import write_tiny_depth_model
 
-    depth_model = write_tiny_depth_model(tmp_path / "depth_model")
+    depth_model = write_tiny_depth_model(tmp_path / "models" / "depth_model")
     out = tmp_path / "depth"
     assert main(["prepare-data", str(videos), str(out), "--task", "depth", "--size", "32", "--clip-length", "8",
-                 "--depth-model", str(depth_model), "--device", "cpu", "--batch-size", "3"]) == 0
+                 "--models-dir", str(tmp_path / "models"), "--depth-model", "depth_model", "--device", "cpu",
+                 "--batch-size", "3"]) == 0
     manifest = Manifest.read(out)
     assert manifest.clips == 7 and manifest.preparation["crop"] == "random"
     windows = [tuple(r["crop"]) for r in shard_records(out)]

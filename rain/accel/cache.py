@@ -87,7 +87,7 @@ class ArtefactCache:
         if not path.exists() or not manifest.is_file():
             return None
         try:
-            recorded = json.loads(manifest.read_text())
+            recorded = json.loads(manifest.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return path if recorded.get("parts") == json.loads(json.dumps(parts)) else None

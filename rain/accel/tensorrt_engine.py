@@ -114,7 +114,9 @@ def build_engine(trt, onnx_path: Path, timing_cache: Path, *, progress: Progress
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
-    if not parser.parse_from_file(str(onnx_path)):
+    # From bytes: TensorRT's parse_from_file fails on a path with non-ASCII characters (a Windows user folder
+    # named José); the path argument only tells it where the external weights file sits.
+    if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import VideoIOError
@@ -109,12 +110,19 @@ class AtomicOutput:
         root = self._partial_root
         if not root.exists():
             raise VideoIOError(f"Nothing was written for {self.final}.")
-        if is_png_pattern(self.final):
-            self._commit_pattern(root)
-        elif root.is_dir():
-            self._commit_folder(root)
-        else:
-            os.replace(root, self.final)
+        try:
+            if is_png_pattern(self.final):
+                self._commit_pattern(root)
+            elif root.is_dir():
+                self._commit_folder(root)
+            else:
+                replace_patiently(root, self.final)
+        except PermissionError as error:
+            self.kept_partial = root
+            raise OutputInUse(
+                f"Cannot replace {self.final}: another program has it open (a video player, or an antivirus "
+                f"scan) [{type(error).__name__}: {error}]. Close the file in the player and run again; nothing "
+                f"was lost: the finished render is complete in {root}.") from error
         self.committed = True
 
     def _commit_folder(self, root: Path) -> None:
@@ -124,8 +132,8 @@ class AtomicOutput:
         if self.final.exists():
             previous = self.final.with_name(self.final.name + ".previous")
             _remove(previous)
-            os.replace(self.final, previous)
-        os.replace(root, self.final)
+            replace_patiently(self.final, previous)
+        replace_patiently(root, self.final)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
 
@@ -138,6 +146,27 @@ class AtomicOutput:
         for new in sorted(root.iterdir()):
             os.replace(new, self.final.parent / new.name)
         root.rmdir()
+
+
+class OutputInUse(VideoIOError):
+    """The final name cannot be replaced because another program holds the file open (Windows)."""
+
+
+#: How long a final rename keeps trying while Windows refuses it: an antivirus scanning a new file holds it for
+#: a moment; a player holding it open does not let go, and then the user is told.
+REPLACE_TRIES, REPLACE_PAUSE = 10, 0.2
+
+
+def replace_patiently(source: Path, target: Path) -> None:
+    """``os.replace``, retried briefly on PermissionError (a file held open on Windows)."""
+    for attempt in range(REPLACE_TRIES):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if attempt == REPLACE_TRIES - 1:
+                raise
+            time.sleep(REPLACE_PAUSE)
 
 
 def _pattern_regex(name: str) -> re.Pattern:

@@ -8,6 +8,7 @@ of phone photos is applied.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -32,27 +33,38 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"Image not found: {path}")
     if path.is_dir():
         raise ImageError(f"{path} is a folder; give the image file itself.")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path} is empty (0 bytes): the file was not saved or copied completely; use "
-                         f"another copy of the image.")
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = image.copy()  # keeps info (transparency) and EXIF, without the file handle
+        data = path.read_bytes()
     except PermissionError:
         raise ImageError(f"No permission to read {path}.") from None
+    except OSError as error:
+        raise ImageError(f"{path} cannot be read ({type(error).__name__}: {error}).") from None
+    return decode_image(data, path)
+
+
+def decode_image(data: bytes, source: str | os.PathLike) -> Image.Image:
+    """Image file contents → upright 8-bit RGB, with the same checks and messages for every entry point (a
+    file on disk, an upload to the live panel); ``source`` names it in the messages."""
+    if not data:
+        raise ImageError(f"{source} is empty (0 bytes): the file was not saved or copied completely; use "
+                         f"another copy of the image.")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            image = image.copy()  # keeps info (transparency) and EXIF
     except Image.UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image Pillow can read (PNG, JPEG, WebP, BMP, TIFF, GIF…); "
+        raise ImageError(f"{source} is not an image Pillow can read (PNG, JPEG, WebP, BMP, TIFF, GIF…); "
                          f"convert it to PNG or JPEG.") from None
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{path} is too large to open safely ({error}); scale it down first.") from None
+        raise ImageError(f"{source} is too large to open safely ({error}); scale it down first.") from None
     except (OSError, SyntaxError, ValueError) as error:
         # Truncated downloads and damaged files fail while decoding.
-        raise ImageError(f"{path} is damaged or incomplete ({error}); use another copy of the image.") from None
+        raise ImageError(f"{source} is damaged or incomplete ({type(error).__name__}: {error}); use another copy "
+                         f"of the image.") from None
     try:
         return to_rgb(image)
     except ValueError as error:
-        raise ImageError(f"{path}: {error}") from None
+        raise ImageError(f"{source}: {error}") from None
 
 
 def check_reference_size(image: Image.Image, source: str | os.PathLike) -> Image.Image:
@@ -68,6 +80,11 @@ def check_reference_size(image: Image.Image, source: str | os.PathLike) -> Image
 def load_reference(path: str | os.PathLike) -> Image.Image:
     """A reference image file, checked (readable, large enough), upright, RGB."""
     return check_reference_size(load_image(path), path)
+
+
+def decode_reference(data: bytes, source: str) -> Image.Image:
+    """A reference image's file contents (e.g. uploaded to the live panel), read exactly as a file is."""
+    return check_reference_size(decode_image(data, source), source)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

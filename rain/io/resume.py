@@ -103,7 +103,7 @@ class ResumeStore:
         os.replace(partial, self.folder / name)
         record = {**record, "version": FORMAT_VERSION, "tensors": name, "updated": time.time()}
         partial_json = self.folder / (STATE_NAME + ".tmp")
-        partial_json.write_text(json.dumps(record, indent=1, sort_keys=True))
+        partial_json.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(partial_json, self.folder / STATE_NAME)
         for old in self.folder.glob("state-*.safetensors*"):
             if old.name != name:
@@ -113,20 +113,19 @@ class ResumeStore:
     def record(self) -> dict | None:
         """The last checkpoint's ``state.json`` (no tensors), or None."""
         try:
-            return json.loads((self.folder / STATE_NAME).read_text())
+            return json.loads((self.folder / STATE_NAME).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
 
     def load(self) -> tuple[dict, dict] | None:
         """(tensors, record) of the last checkpoint, or None when there is none."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         path = self.folder / STATE_NAME
         if not path.is_file():
             return None
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise VideoIOError(f"The resume state {path} is damaged ({error}); delete {self.folder} and render "
                                f"again without resume.") from error
@@ -135,7 +134,9 @@ class ResumeStore:
                                f"delete {self.folder} and render again without resume.")
         tensors_path = self.folder / str(record.get("tensors"))
         try:
-            tensors = load_file(str(tensors_path))
+            # Copied, the file closed: the next save deletes this file, which Windows refuses while it is mapped.
+            with safe_open(str(tensors_path), framework="pt", device="cpu") as handle:
+                tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}
         except (OSError, SafetensorError) as error:
             raise VideoIOError(f"The resume state {tensors_path} cannot be read ({error}); delete {self.folder} "
                                f"and render again without resume.") from error

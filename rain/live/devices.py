@@ -4,6 +4,7 @@ camera (pyvirtualcam) that other programs — OBS, video calls — can pick as a
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -14,6 +15,15 @@ log = logging.getLogger("rain.live")
 VIRTUAL_CAMERA_HELP = ("the virtual camera needs the pyvirtualcam package (`python -m pip install pyvirtualcam`) "
                        "and a virtual camera device: OBS Studio's virtual camera on Windows and macOS, "
                        "v4l2loopback on Linux (`sudo modprobe v4l2loopback exclusive_caps=1`)")
+
+
+def capture_backend(source, platform: str | None = None) -> tuple:
+    """Extra VideoCapture arguments: DirectShow for a camera number on Windows (OpenCV's default there, Media
+    Foundation, opens many webcams slowly or not at all); the default elsewhere and for video files."""
+    import cv2
+    if isinstance(source, int) and (platform or sys.platform) == "win32":
+        return (cv2.CAP_DSHOW,)
+    return ()
 
 
 class LocalCamera:
@@ -29,7 +39,7 @@ class LocalCamera:
 
     def _open(self):
         import cv2
-        capture = cv2.VideoCapture(self.source)
+        capture = cv2.VideoCapture(self.source, *capture_backend(self.source))
         if not capture.isOpened():
             what = f"camera {self.source}" if isinstance(self.source, int) else f"video file {self.source}"
             raise OSError(f"{what} could not be opened: check that it exists and that no other program uses it "

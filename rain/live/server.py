@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from .protocol import (OUTPUT_FORMATS, FrameLimits, Rejected, RateLimiter, check_image, parse_control,
                        parse_frame)
+from ..io.images import ImageError, decode_reference
 from .routes import PREFIX, ROUTES
 from .session import LiveFrame, LiveSession
 
@@ -232,7 +233,6 @@ class LiveRoutes:
     # -- reference upload --------------------------------------------------------------------------------------------
     async def upload_reference(self, request):
         from aiohttp import web
-        from PIL import Image
         refused = self._refused(request)
         if refused is not None:
             return refused
@@ -243,12 +243,16 @@ class LiveRoutes:
         if data is None:
             return web.json_response({"error": f"the image is larger than {self.limits.max_bytes} bytes"}, status=413)
         loop = asyncio.get_running_loop()
+        source = f"the uploaded reference ({request.headers.get('X-Filename') or 'image'})"
         try:
-            image = check_image(data, self.limits)
-            rgb = await loop.run_in_executor(None, image.decode)
-            await loop.run_in_executor(None, session.swap_reference_image, Image.fromarray(rgb))
+            # The one reference reader animate uses (size already bounded by the body limit; Pillow refuses
+            # decompression bombs): EXIF orientation, 16-bit scaling, transparency, the minimum size.
+            reference = await loop.run_in_executor(None, decode_reference, data, source)
+            await loop.run_in_executor(None, session.swap_reference_image, reference)
         except Rejected as rejected:
             return web.json_response({"error": str(rejected), "reason": rejected.reason}, status=400)
+        except ImageError as error:
+            return web.json_response({"error": str(error), "reason": "unusable"}, status=400)
         except Exception as error:  # fusing failed: the session keeps its character
             log.exception("RAIN live %s: the reference could not be fused", session.id)
             return web.json_response({"error": f"the reference could not be fused: {error}"}, status=500)
@@ -278,6 +282,7 @@ class LiveRoutes:
         source = session.claim_source() if role == "camera" else None
         limiter = RateLimiter(self.limits.max_rate, self.limits.burst)
         told_superseded = False
+        told: set[str] = set()
         try:
             await ws.send_json({**session.info(), "role": role})
             async for message in ws:
@@ -286,7 +291,10 @@ class LiveRoutes:
                 if not limiter.allow():
                     session.reject("rate_limited")
                 elif message.type == WSMsgType.BINARY:
-                    self._frame(session, message.data, source)
+                    problem = self._frame(session, message.data, source)
+                    if problem is not None and problem[0] not in told:   # once per kind, not once per frame
+                        told.add(problem[0])
+                        await ws.send_json({"type": "error", "reason": problem[0], "message": problem[1]})
                     if source is not None and source != session.camera and not told_superseded:
                         told_superseded = True
                         await ws.send_json({"type": "error", "message": "another camera took over this session "
@@ -301,16 +309,21 @@ class LiveRoutes:
                 task.cancel()
         return ws
 
-    def _frame(self, session: LiveSession, data: bytes, source: int | None) -> None:
+    def _frame(self, session: LiveSession, data: bytes, source: int | None) -> tuple[str, str] | None:
+        """Submit a camera frame; (reason, what was expected) when it is refused."""
         if source is None:
             session.reject("malformed")  # a viewer sends no frames
-            return
+            return ("unexpected", "this is a viewer connection (role=viewer): it only receives frames. Send camera "
+                                  "frames on a connection opened with role=camera, and control messages as JSON "
+                                  "text")
         try:
             frame = parse_frame(data, self.limits)
         except Rejected as rejected:
             session.reject(rejected.reason)
-            return
+            return (rejected.reason, f"{rejected}: a binary message is one camera frame, a JPEG, PNG or WebP "
+                                     f"file (with the panel's frame header); control messages are JSON text")
         session.submit(frame, source)
+        return None
 
     async def _control(self, ws, session: LiveSession, text: str, role: str) -> None:
         try:

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, default="face",
                         help="face: DWPose face landmarks → human→anime transform → RAIN's face dots (the released "
                              "model); body: whole-body skeleton; pose: the camera already shows pose images")
-    parser.add_argument("--size", type=parse_size, default=(512, 512), help="frame size N or WxH, multiples of 8")
+    parser.add_argument("--size", type=parse_size, default=None,
+                        help="frame size N or WxH, multiples of 8 (default: the size the model set declares, "
+                             "else 512)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: only this machine can connect)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port; the address is printed)")
@@ -63,21 +65,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frame-bytes", type=int, default=4 * 1024 * 1024,
                         help="camera frames larger than this are dropped and counted")
     parser.add_argument("--max-rate", type=float, default=100.0, help="messages per second per connection")
+    parser.add_argument("--max-frames", type=int, default=0, metavar="N",
+                        help="stop after N animated frames and print the rate (0: run until Ctrl+C)")
 
 
 def build_session(args):
     """Load the models, fuse the reference and make the session (not started)."""
     import torch
-    from PIL import Image
-
+    from ..io.images import load_reference
     from ..pipeline import RainPipeline, check_size
     from ..sampling.stream import StreamSettings
     from .pose_stage import LiveTask
     from .session import LiveSession, LiveSettings
 
-    if not args.reference.is_file():
-        raise FileNotFoundError(f"reference image not found: {args.reference}")
-    height, width = args.size
+    # Everything that needs no model first, with the reader animate uses (EXIF, 16-bit, empty, too small).
+    reference_image = load_reference(args.reference)
+    height, width = args.size or native_size(args.models_dir)
     check_size(height, width)
     settings = LiveSettings(StreamSettings(frames_per_group=args.frames_per_group, num_groups=args.groups,
                                            steps_per_group=args.steps_per_group, guidance_scale=args.guidance,
@@ -95,8 +98,21 @@ def build_session(args):
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
     pipeline = RainPipeline.from_models_dir(args.models_dir, device=device, dtype=dtype, vae_path=args.vae,
                                             image_encoder_path=args.image_encoder, decoders=(args.decoder,))
-    reference = pipeline.fuse_reference(Image.open(args.reference), height, width)
+    reference = pipeline.fuse_reference(reference_image, height, width)
     return LiveSession(pipeline, reference, task, settings, session_id="live")
+
+
+def native_size(models_dir) -> tuple[int, int]:
+    """(height, width) the model set declares (make-tiny-models' sets: 128²), else 512×512 as trained."""
+    from .. import weights
+    from ..model_set import read_declaration
+    try:
+        declaration = read_declaration(weights.find_weight(models_dir, "motion_unet"))
+    except (weights.WeightsError, FileNotFoundError):
+        declaration = None   # the model load that follows names what is missing
+    if declaration is not None and declaration.native_size is not None:
+        return declaration.native_size
+    return (512, 512)
 
 
 def build_app(routes):
@@ -113,6 +129,10 @@ def build_app(routes):
     return app
 
 
+class PortUnavailable(OSError):
+    """The live server's port cannot be used; the message suggests --port."""
+
+
 async def serve(app, host: str, port: int, ready, stop_event) -> None:
     """Serve ``app`` until ``stop_event`` is set; ``ready(port)`` is called once listening."""
     from aiohttp import web
@@ -120,7 +140,13 @@ async def serve(app, host: str, port: int, ready, stop_event) -> None:
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:   # taken by another program, or reserved (Windows/Hyper-V excluded ranges)
+            raise PortUnavailable(
+                f"cannot listen on {host}:{port} ({type(error).__name__}: {error}): the port is taken by another "
+                f"program or reserved by the system. Choose another with --port N, or --port 0 for any free port "
+                f"(the address is printed).") from error
         addresses = runner.addresses
         ready(addresses[0][1] if addresses else port)
         await stop_event.wait()
@@ -137,12 +163,14 @@ def _url_host(host: str) -> str:
 def run(args) -> int:
     import asyncio
     import signal
+    import time
 
     from .devices import LocalCamera, VirtualCamera
     from .protocol import FrameLimits
     from .server import LOOPBACK_HOSTS, LiveRegistry, LiveRoutes, OriginPolicy
 
     session = build_session(args)
+    started = time.monotonic()
     registry = LiveRegistry()
     registry.add(session)
     if args.host in LOOPBACK_HOSTS:
@@ -178,11 +206,25 @@ def run(args) -> int:
                     loop.add_signal_handler(signum, stop_event.set)
                 except (NotImplementedError, RuntimeError):  # Windows: Ctrl-C arrives as KeyboardInterrupt
                     pass
-            await serve(build_app(routes), args.host, args.port, ready, stop_event)
+            watcher = None
+            if args.max_frames:
+                async def stop_after_max_frames():
+                    while session.stats.snapshot()["frames_emitted"] < args.max_frames:
+                        await asyncio.sleep(0.02)
+                    stop_event.set()
+                watcher = asyncio.create_task(stop_after_max_frames())
+            try:
+                await serve(build_app(routes), args.host, args.port, ready, stop_event)
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
 
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except PortUnavailable as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
     finally:
         if camera is not None:
             camera.stop()
@@ -190,6 +232,9 @@ def run(args) -> int:
             virtual.stop()
         registry.close_all()
     stats = session.stats.snapshot()
-    print(f"stopped: {stats['frames_received']} frames in, {stats['frames_emitted']} out, "
-          f"{stats['frames_dropped']} dropped, {stats['rejected_total']} rejected", flush=True)
+    seconds = time.monotonic() - started
+    rate = stats["frames_emitted"] / seconds if seconds > 0 else 0.0
+    print(f"stopped: {stats['frames_received']} frames in, {stats['frames_emitted']} out in {seconds:.1f} s "
+          f"({rate:.2f} frames/s from start, warm-up included), {stats['frames_dropped']} dropped, "
+          f"{stats['rejected_total']} rejected", flush=True)
     return 0

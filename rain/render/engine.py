@@ -150,6 +150,7 @@ def render_video(pipe, reference, settings, source: SourceSpec, output: OutputSp
     ``RenderCancelled`` with a message saying where the frames are, and ``ResumeRefused`` before any work.
     ``stream_options`` go to ``pipe.open_stream`` (e.g. ``backend``)."""
     from ..io import AtomicOutput, ResumeStore, VideoWriter, file_fingerprint
+    from ..io.atomic import OutputInUse
     from ..io.resume import check_same
     from ..progress import stream_steps, stream_work
     from ..sampling.state import StreamState
@@ -232,6 +233,8 @@ def render_video(pipe, reference, settings, source: SourceSpec, output: OutputSp
     except BaseException as error:
         if writer is not None and resume.save_every:
             checkpoints.flush(writer.durable_frames)   # the writer is closed: every frame written is on disk
+        if isinstance(error, OutputInUse):
+            raise RenderFailed(str(error)) from error   # the message already says where the frames are
         where = _where_frames_are(target, writer, store)
         if isinstance(error, KeyboardInterrupt):
             raise RenderInterrupted(where) from None

@@ -116,7 +116,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, progress: Progre
     if accelerator.is_main_process:
         if extra:
             save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(partial / EXTRA))
-        (partial / PROGRESS).write_text(json.dumps({**progress.to_json(), "config": config}, indent=1))
+        (partial / PROGRESS).write_text(json.dumps({**progress.to_json(), "config": config}, indent=1), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -128,7 +128,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, progress: Progre
 
 def load_checkpoint(accelerator, folder: Path) -> tuple[Progress, dict, dict[str, torch.Tensor]]:
     """Restore the prepared objects from ``folder``; returns (progress, the config it was written with, extra)."""
-    data = json.loads((folder / PROGRESS).read_text())
+    data = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))
     accelerator.load_state(str(folder))
     extra = load_file(str(folder / EXTRA)) if (folder / EXTRA).is_file() else {}
     return Progress(step=int(data["step"]), micro_batches=int(data["micro_batches"])), data.get("config", {}), extra

@@ -44,8 +44,8 @@ def add_parsers(commands, *, size_type, models_dir_default: str) -> None:
                               "landmarks, because the human→anime transform belongs to inference; see README)")
     prepare.add_argument("--models-dir", default=models_dir_default,
                          help="where dwpose/ and depth_estimator/ are (default: %(default)s)")
-    prepare.add_argument("--depth-model", type=Path, default=None,
-                         help="depth model folder (default: MODELS_DIR/depth_estimator)")
+    prepare.add_argument("--depth-model", default=None, metavar="NAME",
+                         help="the depth model's folder name inside MODELS_DIR (default: depth_estimator)")
     prepare.add_argument("--device", default=None, help="depth model device (default: cuda when available)")
     prepare.add_argument("--batch-size", type=int, default=8, help="depth frames per estimator call")
     prepare.add_argument("--clips-per-shard", type=int, default=64, help="clips stored per shard file")

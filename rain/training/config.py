@@ -186,7 +186,8 @@ def load_config(path: str | os.PathLike) -> TrainingConfig:
     if not path.is_file():
         raise ConfigError(f"training config not found: {path} (examples: rain/training/configs/*.toml)")
     try:
-        data = tomllib.loads(path.read_text())
+        with path.open("rb") as handle:   # TOML is UTF-8 by definition, whatever the locale's encoding
+            data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from None
     return config_from_dict(data, source=str(path))

@@ -74,7 +74,7 @@ class Manifest:
             raise DatasetError(f"{root} is not a prepared RAIN dataset (no {MANIFEST}); make one with "
                                f"`python -m rain prepare-data VIDEOS_DIR {root} --task face|body|depth`")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise DatasetError(f"{path} is damaged ({error}); prepare the dataset again") from None
         if data.get("format") != FORMAT or data.get("version") != VERSION:
@@ -87,7 +87,7 @@ class Manifest:
     def write(self, root: str | os.PathLike) -> None:
         path = Path(root) / MANIFEST
         partial = path.with_name(path.name + ".tmp")
-        partial.write_text(json.dumps(self.to_json(), indent=1))
+        partial.write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
         os.replace(partial, path)
 
 

@@ -103,7 +103,7 @@ def _write_atomically(path: Path, write) -> Path:
 
 def _write_csv(path: Path, columns, rows) -> Path:
     def write(target):
-        with open(target, "w", newline="") as handle:
+        with open(target, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
             writer.writeheader()
             for row in rows:

@@ -104,16 +104,16 @@ class _LossLog:
             return
         rows = []
         if path.is_file() and resume_step > 0:
-            with path.open(newline="") as handle:
+            with path.open(newline="", encoding="utf-8") as handle:
                 rows = [r for r in csv.reader(handle) if r and r[0].isdigit() and int(r[0]) <= resume_step]
-        with path.open("w", newline="") as handle:
+        with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["step", "loss", "lr", "seconds"])
             writer.writerows(rows)
 
     def add(self, step: int, loss: float, lr: float, seconds: float) -> None:
         if self.enabled:
-            with self.path.open("a", newline="") as handle:
+            with self.path.open("a", newline="", encoding="utf-8") as handle:
                 csv.writer(handle).writerow([step, f"{loss:.6g}", f"{lr:.3g}", f"{seconds:.3f}"])
 
 

@@ -76,7 +76,7 @@ def _check_sd_config(folder: Path, config: UNetConfig) -> None:
     path = folder / "config.json"
     if not path.is_file():
         return
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     expected = {"in_channels": config.in_channels, "out_channels": config.out_channels,
                 "layers_per_block": config.layers_per_block, "cross_attention_dim": config.cross_attention_dim,
                 "attention_head_dim": config.attention_heads, "flip_sin_to_cos": True, "freq_shift": 0}
@@ -232,6 +232,6 @@ def write_set(folder: str | os.PathLike, states: dict[str, dict[str, torch.Tenso
         os.replace(partial, final)
     info = folder / "training.json"
     partial = info.with_name(info.name + ".partial")
-    partial.write_text(json.dumps(metadata, indent=1))
+    partial.write_text(json.dumps(metadata, indent=1), encoding="utf-8")
     os.replace(partial, info)
     return folder

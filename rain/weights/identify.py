@@ -35,9 +35,9 @@ def load_manifest(name: str) -> dict[str, Any]:
     """The manifest ``rain/manifests/<name>.json`` (keys and shapes of an official checkpoint)."""
     path = MANIFEST_DIR / f"{name}.json"
     if not path.is_file():
-        known = sorted(p.stem for p in MANIFEST_DIR.glob("*.json") if "tensors" in p.read_text())
+        known = sorted(p.stem for p in MANIFEST_DIR.glob("*.json") if "tensors" in p.read_text(encoding="utf-8"))
         raise WeightsError(f"No manifest named '{name}' in {MANIFEST_DIR}; known: {', '.join(known)}.")
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(path.read_text(encoding="utf-8"))
     if "tensors" not in manifest:
         raise WeightsError(f"{path} is a config, not a checkpoint manifest (it has no 'tensors').")
     return manifest

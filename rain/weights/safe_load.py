@@ -85,11 +85,22 @@ def _reject_non_checkpoint(path: Path) -> None:
             f"Delete it and download the real file with: {download_command(path.parent)}")
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    import safetensors.torch
+def read_safetensors_unmapped(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, copied into memory, with the file closed on return.
 
+    ``safetensors.torch.load_file`` may hand back tensors that view a memory map of the file, which then stays
+    open as long as any tensor lives; on Windows an open mapping makes the file impossible to delete or
+    replace ("file in use", WinError 32), so a resumed render could not save its next state, nor a download or
+    a conversion replace a loaded file. The copy costs one tensor of extra memory at a time."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return {name: handle.get_tensor(name).clone() for name in handle.keys()}
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return safetensors.torch.load_file(str(path), device="cpu")
+        return read_safetensors_unmapped(path)
     except Exception as exc:  # SafetensorError is not importable under a stable name
         raise _corrupt_file_error(path, f"safetensors: {exc}") from exc
 
