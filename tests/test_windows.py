@@ -189,10 +189,11 @@ def test_printing_to_a_legacy_code_page_never_crashes(monkeypatch):
 
 def test_training_configs_are_read_as_utf8_whatever_the_locale(tmp_path):
     from rain.training.config import load_config
+    shipped = (REPO / "rain" / "training" / "configs" / "depth_stage1.toml").read_text(encoding="utf-8")
     path = tmp_path / "stage1.toml"
-    path.write_bytes('# réglages → étape 1\nstage = "stage1"\ndataset = "données/dépth"\noutput_dir = "runs/étape1"\n[models]\ninit = "modèles"\n'.encode("utf-8"))
-    config = load_config(path)
-    assert config.stage == "stage1" and config.dataset.endswith("données/dépth")
+    text = shipped.replace('dataset = "data/depth"', 'dataset = "données/dépth"  # réglages → étape 1')
+    path.write_bytes(text.encode("utf-8"))
+    assert load_config(path).dataset == "données/dépth"
 
 
 def test_cameras_use_directshow_on_windows():
