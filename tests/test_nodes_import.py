@@ -139,3 +139,24 @@ def test_engine_imports_inside_the_pack_are_relative():
             assert not stripped.startswith(("import onnxruntime", "import tensorrt")), (path, line)
     root = (REPO / "__init__.py").read_text()
     assert "from .nodes import" in root
+
+
+def test_every_node_input_has_a_tooltip():
+    import importlib.util
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    name = "ComfyUI-RAIN-tooltips"
+    spec = importlib.util.spec_from_file_location(name, repo / "__init__.py", submodule_search_locations=[str(repo)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pack
+    try:
+        spec.loader.exec_module(pack)
+        missing = [f"{node_id}.{input_name}" for node_id, node in pack.NODE_CLASS_MAPPINGS.items()
+                   for group in ("required", "optional")
+                   for input_name, input_spec in node.INPUT_TYPES().get(group, {}).items()
+                   if len(input_spec) < 2 or not input_spec[1].get("tooltip")]
+    finally:
+        for key in [k for k in sys.modules if k.startswith(name)]:
+            del sys.modules[key]
+    assert not missing, missing
