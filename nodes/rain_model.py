@@ -30,9 +30,11 @@ def denoiser_choices(files: list[str]) -> list[str]:
     """Dropdown entries for the loader: every file in models/rain whose name mentions ``motion_unet``.
 
     With none present the standard name is still offered, so the node and shipped workflows validate and the
-    run ends with the message that says which files to put where."""
+    run ends with the message that says which files to put where. The default (first) entry is a set at the top
+    of the folder (where ``download`` puts the released face set), not a subfolder set such as ``body/``, which
+    only a user's own training makes."""
     choices = [f for f in files if DENOISER in Path(f).name.lower() and not f.lower().endswith(".onnx")]
-    return choices or [DEFAULT_CHOICE]
+    return sorted(choices, key=lambda f: ("/" in f.replace("\\", "/"), f)) or [DEFAULT_CHOICE]
 
 
 def _weights():

@@ -49,6 +49,13 @@ def test_model_lists_use_forward_slashes_so_shared_workflows_validate(windows_ho
     assert host.model_file_path("body/motion_unet.pth") == root / "body" / "motion_unet.pth"
 
 
+def test_the_default_model_is_the_released_set_at_the_top_of_the_folder(windows_host):
+    host, _ = windows_host
+    rain_model = sys.modules[host.__name__.rsplit(".", 1)[0] + ".rain_model"]
+    choices = rain_model.denoiser_choices(host.list_model_files())
+    assert choices[0] == "motion_unet.pth" and set(choices[1:]) == {"body/motion_unet.pth", "depth/motion_unet.pth"}
+
+
 @pytest.mark.parametrize("name", ["C:\\models\\x.pth", "C:x.pth", "\\\\server\\share\\x.pth", "//server/share/x"])
 def test_drive_and_unc_model_names_are_refused_even_when_comfyui_would_take_them(windows_host, name):
     host, _ = windows_host
