@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from . import host, model_set
+from . import downloads, host, model_set
 from .rain_model import LATENT_SCALE, RainReference, denoiser_choices, fingerprint, load_model_set
 
 log = logging.getLogger("ComfyUI-RAIN")
@@ -46,11 +46,16 @@ class RainLoadModel:
                            "offloaded by ComfyUI's memory manager when other models need the room."}),
             },
             "optional": {
+                "download_missing": ("BOOLEAN", {"default": True, "tooltip": "Download the released files that are "
+                                     "missing (face set ≈8.7 GB, TAESDV, SD VAE, CLIP image encoder, DWPose) into "
+                                     "ComfyUI/models/rain on the first run, with progress on this node; resumable, "
+                                     "checked against the published hashes. Off: only use files already there."}),
                 "vae": ("VAE", {"tooltip": "Use this SD1.x VAE (e.g. vae-ft-mse-840000) instead of "
                                 "models/rain/sd-vae-ft-mse/."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "Use this CLIP vision model (ViT-L/14, as "
                                                 "sd-image-variations' image_encoder) instead of models/rain/image_encoder/."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
@@ -58,7 +63,11 @@ class RainLoadModel:
         # Reload when a file of the set is replaced on disk, not on every run.
         return fingerprint(motion_unet)
 
-    def load(self, motion_unet, dtype="auto", device="auto", vae=None, clip_vision=None):
+    def load(self, motion_unet, dtype="auto", device="auto", vae=None, clip_vision=None, download_missing=False,
+             unique_id=None):
+        # The widget defaults to on (a graph downloads what it lacks); a script calling load() decides itself.
+        if download_missing:
+            downloads.fetch_missing(motion_unet, unique_id)
         return (load_model_set(motion_unet, dtype_choice=dtype, device_choice=device, vae=vae,
                                clip_vision=clip_vision),)
 

@@ -78,6 +78,12 @@ def find_depth_model(models_dir: str | os.PathLike | None, model: str | os.PathL
         if folder.exists() and not folder.resolve().is_relative_to(root.resolve()):
             raise DepthModelNotFound(f"{folder} leads to {folder.resolve()}, outside the models folder {root}; "
                                      f"move or copy the depth model into {root}.")
+    return check_depth_model_folder(folder)
+
+
+def check_depth_model_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` if it holds a depth model transformers runs, else one message saying what to put there."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise DepthModelNotFound(
             f"no depth estimator at {folder}: put a transformers depth model folder there (config.json, the "
@@ -107,7 +113,7 @@ class DepthEstimator:
     def from_folder(cls, folder: str | os.PathLike, *, device=None, dtype=None) -> "DepthEstimator":
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        folder = find_depth_model(None, folder)
+        folder = check_depth_model_folder(folder)
         if not (folder / "preprocessor_config.json").is_file():
             raise DepthModelNotFound(f"{folder} has no preprocessor_config.json (the depth model's input size and "
                                      f"normalisation); download the whole model folder, "

@@ -264,7 +264,7 @@ def test_models_folder_is_merged_not_replaced(env):
 def test_dropdowns_come_from_the_folder(env):
     host, pack = env
     loader = pack.NODE_CLASS_MAPPINGS["RAIN_LoadModel"].INPUT_TYPES()["required"]["motion_unet"]
-    assert loader[0] == ["depth/motion_unet.pth", "motion_unet.pth"]
+    assert loader[0] == ["motion_unet.pth", "depth/motion_unet.pth"]   # the top-level set is the default
     detector = pack.NODE_CLASS_MAPPINGS["RAIN_FaceLandmarks"].INPUT_TYPES()["required"]["detector"][0]
     pose_model = pack.NODE_CLASS_MAPPINGS["RAIN_FaceLandmarks"].INPUT_TYPES()["required"]["pose_model"][0]
     assert detector == ["auto", "dwpose/yolox_l.onnx"]
@@ -372,6 +372,12 @@ def test_engine_node_feeds_the_sampler_and_says_how_to_get_tensorrt(env, model, 
     # On this CPU: TensorRT needs an NVIDIA GPU, said once, and the plain stream runs.
     assert engine.requested == "tensorrt" and engine.backend == "eager"
     assert "NVIDIA GPU" in engine.messages[0] and "'onnx' backend" in engine.messages[0]
+    # As on a GPU machine without TensorRT (with Triton): the fused step runs as 'compiled'.
+    real_resolve = backends.resolve_backend
+    monkeypatch.setattr(backends, "resolve_backend",
+                        lambda backend, notify, device=None: real_resolve(backend, notify=notify, device=None))
+    (engine,) = nodes["RAIN_BuildEngine"].build(model, "tensorrt", unique_id="5", **settings)
+    assert engine.backend == "compiled" and "extra 'tensorrt'" in engine.messages[0]
     assert engine.cache_dir.endswith("tensorrt")
     plain, plain_latents = nodes["RAIN_StreamSampler"].sample(model, reference, poses(5), decoder="taesdv", **FAST)
     fused, fused_latents = nodes["RAIN_StreamSampler"].sample(model, reference, poses(5), decoder="taesdv",

@@ -16,7 +16,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .catalogue import ALIASES, DOWNLOAD_GROUPS, MODEL_FILES, ModelEntry, RemoteFile, find_weight
@@ -25,15 +25,20 @@ from .errors import DownloadError, WeightsError, download_command
 logger = logging.getLogger(__name__)
 
 
+#: ``report(file name, bytes done, bytes in all or None)``, called as bytes arrive (a host's progress bar).
+Report = Callable[[str, int, "int | None"], None]
+
+
 def download(models_dir: str | os.PathLike[str], which: Iterable[str] = DOWNLOAD_GROUPS, *,
-             progress: bool = True, force: bool = False) -> dict[str, Path]:
+             progress: bool = True, force: bool = False, report: Report | None = None) -> dict[str, Path]:
     """Fetch the model files of the given groups (or model names) into ``models_dir``.
 
     Files already present with the right size are skipped, as are models already present
     in another accepted form (e.g. a converted ``.safetensors``). Hub files go through
     ``huggingface_hub.hf_hub_download`` (which resumes partial downloads); plain URLs use
     an HTTP Range download into a ``.part`` file. Every file's size is checked against the
-    server's afterwards. Returns ``{model name: path}`` of the models now complete.
+    server's afterwards, and its content against the published hash where there is one (the Hub's SHA-256 of
+    LFS files, the git blob id of files from GitHub). Returns ``{model name: path}`` of the models now complete.
     """
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +53,7 @@ def download(models_dir: str | os.PathLike[str], which: Iterable[str] = DOWNLOAD
         for remote in entry.downloads:
             if present is not None and not force and not (models_dir / remote.dest).exists():
                 continue  # complete in another accepted layout (e.g. a .bin instead of .safetensors)
-            fetch_file(remote, models_dir, progress=progress, force=force)
+            fetch_file(remote, models_dir, progress=progress, force=force, report=report)
         path = find_weight(models_dir, entry.name)
         if path is None:  # a catalogue bug rather than a user problem, but say it clearly
             raise DownloadError(f"Downloaded {entry.name} but it is still incomplete in {models_dir}.")
@@ -76,13 +81,13 @@ def _select_entries(which: Iterable[str]) -> list[ModelEntry]:
 
 
 def fetch_file(remote: RemoteFile, models_dir: str | os.PathLike[str], *, progress: bool = True,
-               force: bool = False) -> Path:
+               force: bool = False, report: Report | None = None) -> Path:
     """Make ``models_dir/remote.dest`` present and complete; returns its path."""
     models_dir = Path(models_dir)
     if remote.repo_id:
-        return _fetch_from_hub(remote, models_dir, progress=progress, force=force)
+        return _fetch_from_hub(remote, models_dir, progress=progress, force=force, report=report)
     if remote.url:
-        return _fetch_from_url(remote, models_dir / remote.dest, progress=progress, force=force)
+        return _fetch_from_url(remote, models_dir / remote.dest, progress=progress, force=force, report=report)
     raise WeightsError(f"Catalogue entry for {remote.dest} has neither a repo nor a URL.")
 
 
@@ -92,19 +97,57 @@ def _size_error(path: Path, got: int, expected: int, origin: str, models_dir: Pa
         f"is incomplete or corrupt. Delete it and run again: {download_command(models_dir)}")
 
 
-def _hub_file_size(remote: RemoteFile) -> int | None:
-    """The file's size according to the Hub, or ``None`` when the Hub cannot be asked."""
+def _hub_file_metadata(remote: RemoteFile) -> tuple[int | None, str | None]:
+    """(size, SHA-256) according to the Hub, or Nones when the Hub cannot be asked. The Hub publishes an LFS
+    file's SHA-256 as its ETag; a small file kept in git has a git id there instead, and no SHA-256."""
     import huggingface_hub
 
     url = huggingface_hub.hf_hub_url(remote.repo_id, remote.repo_path, revision=remote.revision)
     try:
-        return huggingface_hub.get_hf_file_metadata(url).size
+        metadata = huggingface_hub.get_hf_file_metadata(url)
     except Exception as exc:  # offline, gated, rate-limited...: decided by the caller
         logger.warning("Could not get the size of %s from the Hub: %s", remote.repo_path, exc)
-        return None
+        return None, None
+    etag = str(getattr(metadata, "etag", "") or "").strip('"').lower()
+    return metadata.size, etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
 
 
-def _fetch_from_hub(remote: RemoteFile, models_dir: Path, *, progress: bool, force: bool) -> Path:
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _reporting_tqdm(report: Report, name: str, raised: list):
+    """A tqdm class for ``hf_hub_download(tqdm_class=…)`` that also tells ``report`` how far the file is. What
+    ``report`` raises (a host's Cancel) is kept in ``raised``: the download's own error handling must not turn
+    it into a download failure."""
+    from tqdm.auto import tqdm
+
+    def tell(done, total):
+        try:
+            report(name, done, total)
+        except BaseException as error:
+            raised.append(error)
+            raise
+
+    class Reporting(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._done = int(kwargs.get("initial") or 0)
+            tell(self._done, self.total)
+
+        def update(self, n=1):
+            self._done += int(n or 0)
+            tell(self._done, self.total)
+            return super().update(n)
+    return Reporting
+
+
+def _fetch_from_hub(remote: RemoteFile, models_dir: Path, *, progress: bool, force: bool,
+                    report: Report | None = None) -> Path:
     from huggingface_hub import constants
 
     dest = models_dir / remote.dest
@@ -120,14 +163,14 @@ def _fetch_from_hub(remote: RemoteFile, models_dir: Path, *, progress: bool, for
     if force or not dest.is_file():  # a present file is kept when the Hub cannot be asked about it
         _require_resolvable(constants.ENDPOINT, remote.repo_path, models_dir)
     with _one_line_per_retry(f"{remote.repo_path} from {remote.origin}"):
-        return _hub_download(remote, models_dir, dest, local_dir, progress=progress, force=force)
+        return _hub_download(remote, models_dir, dest, local_dir, progress=progress, force=force, report=report)
 
 
 def _hub_download(remote: RemoteFile, models_dir: Path, dest: Path, local_dir: Path, *,
-                            progress: bool, force: bool) -> Path:
+                  progress: bool, force: bool, report: Report | None = None) -> Path:
     import huggingface_hub
 
-    expected = _hub_file_size(remote)
+    expected, sha256 = _hub_file_metadata(remote)
     if dest.is_file() and not force:
         if expected is None:
             logger.warning("%s: present but its size cannot be checked right now; keeping it.",
@@ -143,11 +186,15 @@ def _hub_download(remote: RemoteFile, models_dir: Path, dest: Path, local_dir: P
     bars_were_disabled = huggingface_hub.utils.are_progress_bars_disabled()
     if not progress:
         huggingface_hub.utils.disable_progress_bars()
+    raised: list = []
+    extra = {"tqdm_class": _reporting_tqdm(report, Path(remote.dest).name, raised)} if report is not None else {}
     try:
         path = Path(huggingface_hub.hf_hub_download(
             remote.repo_id, remote.repo_path, revision=remote.revision, local_dir=local_dir,
-            force_download=force))
+            force_download=force, **extra))
     except Exception as exc:
+        if raised:   # the host stopped it (Cancel): the partial file stays and resumes next time
+            raise raised[0] from None
         raise DownloadError(
             f"Could not download {remote.repo_path} from {remote.origin} into {local_dir}: {exc}\n"
             f"Check the network connection and run again (partial downloads resume): "
@@ -158,6 +205,11 @@ def _hub_download(remote: RemoteFile, models_dir: Path, dest: Path, local_dir: P
     expected = expected if expected is not None else remote.size
     if expected is not None and path.stat().st_size != expected:
         raise _size_error(path, path.stat().st_size, expected, remote.origin, models_dir)
+    if sha256 is not None and sha256_of(path) != sha256:
+        path.unlink()
+        raise DownloadError(
+            f"The download of {remote.repo_path} from {remote.origin} does not match its published SHA-256 "
+            f"({sha256}); it was deleted. Run again: {download_command(models_dir)}")
     if path != dest:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)
@@ -239,7 +291,8 @@ def git_blob_sha1(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _fetch_from_url(remote: RemoteFile, dest: Path, *, progress: bool, force: bool) -> Path:
+def _fetch_from_url(remote: RemoteFile, dest: Path, *, progress: bool, force: bool,
+                    report: Report | None = None) -> Path:
     models_dir = dest.parent
     if dest.is_file() and not force:
         if _existing_file_ok(remote, dest):
@@ -248,7 +301,7 @@ def _fetch_from_url(remote: RemoteFile, dest: Path, *, progress: bool, force: bo
         logger.warning("%s: present but does not match the expected file; downloading it again.",
                        remote.dest)
     logger.info("Downloading %s from %s", remote.dest, remote.url)
-    http_download(remote.url, dest, expected_size=remote.size, progress=progress)
+    http_download(remote.url, dest, expected_size=remote.size, progress=progress, report=report)
     if remote.git_blob_sha1 and git_blob_sha1(dest) != remote.git_blob_sha1:
         dest.unlink()
         raise DownloadError(
@@ -274,7 +327,7 @@ _CHUNK = 1 << 20
 
 
 def http_download(url: str, dest: str | os.PathLike[str], *, expected_size: int | None = None,
-                  progress: bool = True, timeout: float = 60.0) -> Path:
+                  progress: bool = True, timeout: float = 60.0, report: Report | None = None) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous ``.part``.
 
     A partial ``.part`` file is continued with an HTTP Range request (servers that ignore
@@ -299,7 +352,7 @@ def http_download(url: str, dest: str | os.PathLike[str], *, expected_size: int 
                 return _finish_part(part, dest, total, expected_size, url)
             part.unlink()
             return http_download(url, dest, expected_size=expected_size, progress=progress,
-                                 timeout=timeout)
+                                 timeout=timeout, report=report)
         raise DownloadError(f"Downloading {url} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
         if isinstance(getattr(exc, "reason", None), socket.gaierror):
@@ -322,9 +375,13 @@ def http_download(url: str, dest: str | os.PathLike[str], *, expected_size: int 
                                          unit_divisor=1024, desc=dest.name,
                                          disable=not progress) as bar:
             try:
+                done = offset
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     f.write(chunk)
                     bar.update(len(chunk))
+                    done += len(chunk)
+                    if report is not None:
+                        report(dest.name, done, total)
             except OSError as exc:
                 raise DownloadError(f"Download of {url} was interrupted ({exc}); run again to "
                                     f"resume from {part.stat().st_size:,} bytes.") from exc
