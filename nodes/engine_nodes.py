@@ -24,19 +24,46 @@ class RainEngine:
     requested: str
     cache_dir: str
     messages: list[str] = field(default_factory=list)
+    built_for: tuple = ()   # (height, width, frames_per_group, num_groups, temporal_strength)
+
+    def check_fits(self, height: int, width: int, settings, node: str) -> None:
+        """Say so when a run streams another size or window than the engine was built for: the engine node's
+        engine then goes unused and the run builds (or exports) one for its own shapes, which with TensorRT takes
+        minutes."""
+        wanted = (int(height), int(width), int(settings.frames_per_group), int(settings.num_groups),
+                  float(settings.temporal_strength))
+        if self.built_for and wanted != self.built_for and self.backend != "eager":
+            h, w, fpg, groups, strength = self.built_for
+            log.warning("RAIN %s: the engine from Build RAIN TensorRT Engine was built for %d×%d, window %d×%d, "
+                        "temporal strength %g; this run streams %d×%d, window %d×%d, temporal strength %g, so an "
+                        "engine for these shapes is built now (minutes with TensorRT, then cached). Set the engine "
+                        "node to the same values to use the one it built.", node, w, h, fpg, groups, strength,
+                        wanted[1], wanted[0], wanted[2], wanted[3], wanted[4])
 
     def stream_options(self, progress=None) -> dict:
         return {"backend": self.backend, "cache_dir": self.cache_dir, "progress": progress,
                 "cancelled": host.interrupt_requested, "notify": log.warning}
 
 
+#: Where each stage of a build starts on the node's bar (percent): the export, then TensorRT's own phases.
+STAGE_FLOORS = (("exporting", 2), ("building the TensorRT engine", 20))
+
+
 def _progress_reporter(node_id):
+    """The build's stages on the node: the bar moves through the export and TensorRT's top-level phases (never
+    back), the text under it names the stage; TensorRT's nested phases only change the text."""
     bar = host.progress_bar(100, node_id=node_id)
+    reached = [0]
 
     def progress(message, fraction):
         log.info("RAIN: %s%s", message, "" if fraction is None else f" {100 * fraction:.0f}%")
-        if fraction is not None:
-            bar.update_absolute(int(100 * fraction), 100)
+        value = next((floor for start, floor in STAGE_FLOORS if message.startswith(start)), None)
+        if value is None and fraction is not None and message.startswith("TensorRT:") and "(" not in message:
+            value = 20 + int(79 * fraction)   # a top-level TensorRT phase
+        if value is not None and value > reached[0]:
+            reached[0] = value
+        bar.update_absolute(reached[0], 100)
+        host.progress_text(message if fraction is None else f"{message} {100 * fraction:.0f}%", node_id)
     return progress
 
 
@@ -85,7 +112,9 @@ class RainBuildEngine:
         for message in messages:
             log.warning("RAIN: %s", message)
         cache_dir = str(host.model_roots()[0] / "tensorrt")
-        engine = RainEngine(rain_model, resolved, backend, cache_dir, messages)
+        engine = RainEngine(rain_model, resolved, backend, cache_dir, messages,
+                            built_for=(int(height), int(width), int(frames_per_group), int(num_groups),
+                                       float(temporal_strength)))
         # The sampler decodes itself (it also outputs latents), so the graph ends at the clean latents.
         settings = StreamSettings(frames_per_group=int(frames_per_group), num_groups=int(num_groups),
                                   temporal_strength=float(temporal_strength), decoder="none")

@@ -176,6 +176,8 @@ class RainStreamSampler:
         if engine is not None and engine.model is not rain_model:
             raise ValueError("This engine was built for another RAIN model: connect the same Load RAIN Model node "
                              "to Build RAIN TensorRT Engine and to the sampler.")
+        if engine is not None:
+            engine.check_fits(height, width, settings, "RAIN Stream Sampler")
         stream = rain_model.pipeline.open_stream(fitted, settings, height=height, width=width,
                                                  **(engine.stream_options() if engine is not None else {}))
         decode = rain_model.decoder(decoder)

@@ -187,6 +187,8 @@ class RainRenderVideo:
         if engine is not None and engine.model is not rain_model:
             raise ValueError("This engine was built for another RAIN model: connect the same Load RAIN Model node "
                              "to Build RAIN TensorRT Engine and to RAIN Render Video.")
+        if engine is not None:
+            engine.check_fits(source.size[0], source.size[1], settings, "RAIN Render Video")
         identity = _identity(rain_model, reference, settings, source, out_fps, audio)
         identity["backend"] = "eager" if engine is None else engine.backend   # backends agree within float tolerance
         if kind in ("face", "body"):
@@ -231,7 +233,9 @@ class RainRenderVideo:
             done += f" (continued after frame {result.resumed_from})"
         log.info("RAIN Render Video: %s", done)
         host.progress_text(done, unique_id)
-        ui = {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+        # web/rain_render_video.js plays it on the node (the stock frontend shows a video file only as a name).
+        ui = {"rain_video": [{"filename": name, "subfolder": subfolder, "type": "output",
+                              "format": final.suffix.lstrip(".").lower() or "png"}]}
         return {"ui": ui, "result": (host.video_from_file(final), previews.batch(height, width))}
 
     @staticmethod

@@ -14,6 +14,7 @@ each on two cores).
 import logging
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -190,6 +191,10 @@ def test_tensorrt_engine_is_built_cached_rebuilt_and_runs_on_bound_buffers(micro
     assert ("TensorRT: Building engine", 1.0) in messages
     folder = micro.models_dir / "tensorrt"
     engine = next(folder.glob("rain_step-*.engine"))
+    # TensorRT's own output goes to a log file beside the engine, named in the progress, not to the console.
+    build_log = engine.with_suffix(".build.log")
+    assert "fake build line 2" in build_log.read_text(encoding="utf-8")
+    assert any(str(build_log) in message for message, _ in messages)
     manifest = engine.with_suffix(".json").read_text()
     for part in ('"gpu": "Stand-in GPU"', '"compute_capability": "9.0"', '"precision": "fp32"',
                  f'"tensorrt": "{fake_tensorrt.__version__}"', '"weights"', '"temporal_strength"'):
@@ -273,6 +278,36 @@ def test_compiled_on_a_gpu_without_triton_falls_back_to_eager_once(monkeypatch):
 
 
 # -- what an engine is keyed by -----------------------------------------------------------------------------------
+def test_the_engine_node_shows_build_stages_and_never_goes_back(monkeypatch):
+    import importlib.util
+    import types
+    repo = Path(__file__).resolve().parent.parent
+    name = "ComfyUI-RAIN-engine-progress"
+    spec = importlib.util.spec_from_file_location(name, repo / "__init__.py", submodule_search_locations=[str(repo)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pack
+    texts, values = [], []
+    try:
+        spec.loader.exec_module(pack)
+        engine_nodes = sys.modules[f"{name}.nodes.engine_nodes"]
+        monkeypatch.setattr(engine_nodes.host, "progress_text", lambda text, node_id=None: texts.append(text))
+        bar = types.SimpleNamespace(update_absolute=lambda value, total=None, preview=None: values.append(value))
+        monkeypatch.setattr(engine_nodes.host, "progress_bar", lambda total, node_id=None: bar)
+        report = engine_nodes._progress_reporter("9")
+        for message, fraction in [("exporting the stream step to ONNX", None),
+                                  ("building the TensorRT engine (fp16, GPU); TensorRT's own output goes to x.log",
+                                   None),
+                                  ("TensorRT: Building engine", 0.0), ("TensorRT: Tactics (Building engine)", 0.9),
+                                  ("TensorRT: Building engine", 0.5), ("TensorRT: Building engine", 1.0)]:
+            report(message, fraction)
+    finally:
+        for key in [k for k in sys.modules if k.startswith(name)]:
+            del sys.modules[key]
+    # Off zero from the first stage, never backwards (a nested phase's 90 % does not move the bar), done at 99.
+    assert values == [2, 20, 20, 20, 59, 99]
+    assert texts[0].startswith("exporting") and "x.log" in texts[1] and texts[-1].endswith("100%")
+
+
 def test_engine_cache_key_changes_with_each_part(micro, references):
     stream = micro.open_stream(references[0], StreamSettings())
     constants = stream.steady_constants()

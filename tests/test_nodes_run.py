@@ -5,6 +5,7 @@ of the host. The stand-in mirrors the signatures of ComfyUI 0.3.x."""
 import asyncio
 import importlib
 import importlib.util
+import logging
 import json
 import os
 import shutil
@@ -361,7 +362,8 @@ def test_sampler_outputs_images_and_latents_with_progress_previews(env, model, r
     torch.testing.assert_close(decoded, images, atol=1e-4, rtol=0)
 
 
-def test_engine_node_feeds_the_sampler_and_says_how_to_get_tensorrt(env, model, reference, nodes, monkeypatch):
+def test_engine_node_feeds_the_sampler_and_says_how_to_get_tensorrt(env, model, reference, nodes, monkeypatch,
+                                                                    caplog):
     from parity import assert_close_to_golden
     host, pack = env
     backends = importlib.import_module(f"{pack.__name__}.rain.accel.backends")
@@ -387,6 +389,14 @@ def test_engine_node_feeds_the_sampler_and_says_how_to_get_tensorrt(env, model, 
     with pytest.raises(ValueError, match="steps_per_group"):
         nodes["RAIN_StreamSampler"].sample(model, reference, poses(2), decoder="none", engine=engine,
                                            **{**FAST, "steps_per_group": 2})
+    # A run at another size than the engine was built for says so (the engine would go unused silently).
+    window = types.SimpleNamespace(frames_per_group=FAST["frames_per_group"], num_groups=FAST["num_groups"],
+                                   temporal_strength=FAST["temporal_strength"])
+    with caplog.at_level(logging.WARNING):
+        engine.check_fits(SIZE, SIZE, window, "RAIN Stream Sampler")
+        assert "was built for" not in caplog.text
+        engine.check_fits(SIZE + 8, SIZE, window, "RAIN Stream Sampler")
+    assert f"was built for {SIZE}×{SIZE}" in caplog.text and f"this run streams {SIZE}×{SIZE + 8}" in caplog.text
 
 
 def test_sampler_is_deterministic_and_the_seed_matters(model, reference, nodes):

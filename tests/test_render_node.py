@@ -75,7 +75,8 @@ def test_renders_a_numbered_file_with_sound_and_a_bounded_preview(pack, graph):
     video, previews = out["result"]
     path = Path(video.get_stream_source())
     assert path == folders / "output" / "RAIN" / "test_00001_.mp4"
-    assert out["ui"]["images"] == [{"filename": "test_00001_.mp4", "subfolder": "RAIN", "type": "output"}]
+    assert out["ui"]["rain_video"] == [{"filename": "test_00001_.mp4", "subfolder": "RAIN", "type": "output",
+                                        "format": "mp4"}]
     assert len(decoded(path)) == FRAMES
     with av.open(str(path)) as container:
         assert container.streams.audio and abs(float(container.streams.video[0].average_rate) - 16) < 1e-6

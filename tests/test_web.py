@@ -180,3 +180,19 @@ console.log(JSON.stringify({{ message: message.toString("hex"), sequence: parsed
     assert (frame.sequence, frame.capture_ms) == (4000000001, 98765.25) and frame.image.data == image
     assert (report["sequence"], report["captureMs"], report["serverMs"]) == (2 ** 31 + 3, 1234.5, 17.25)
     assert bytes.fromhex(report["image"]) == image
+
+
+def test_render_video_preview_plays_what_the_node_reports(pack):
+    script = (REPO / pack.WEB_DIRECTORY / "rain_render_video.js").read_text(encoding="utf-8")
+    node = re.search(r'const NODE_TYPE = "([^"]+)"', script).group(1)
+    key = re.search(r'const PREVIEW_KEY = "([^"]+)"', script).group(1)
+    assert node in pack.NODE_CLASS_MAPPINGS
+    source = (REPO / "nodes" / "render_nodes.py").read_text(encoding="utf-8")
+    assert f'"{key}": [{{"filename"' in source            # the key the node's ui carries
+    assert "/view?" in script and 'createElement("video")' in script
+    node_binary = shutil.which("node")
+    if node_binary is None:
+        pytest.skip("node is not installed: the script's syntax is not checked")
+    done = subprocess.run([node_binary, "--check", "--input-type=module"], input=script, text=True,
+                          capture_output=True)
+    assert done.returncode == 0, done.stderr

@@ -106,10 +106,29 @@ def make_progress_monitor(trt, progress: Progress | None, cancelled: Callable[[]
     return BuildProgress()
 
 
+def file_logger(trt, log_file: Path | None):
+    """A TensorRT logger writing every message to ``log_file`` (a build prints ~1,400 lines: they belong in a
+    file the user can open, not in ComfyUI's console), or TensorRT's console logger without a file."""
+    if log_file is None or not hasattr(trt, "ILogger"):
+        return trt.Logger(trt.Logger.WARNING)
+
+    class FileLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.path = log_file
+
+        def log(self, severity, message):
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(f"[{getattr(severity, 'name', severity)}] {message}\n")
+    return FileLogger()
+
+
 def build_engine(trt, onnx_path: Path, timing_cache: Path, *, progress: Progress | None = None,
-                 cancelled: Callable[[], bool] | None = None, optimization_level: int = 3) -> bytes:
-    """Serialized engine for the graph at ``onnx_path``; the timing cache file is read and updated."""
-    logger = trt.Logger(trt.Logger.WARNING)
+                 cancelled: Callable[[], bool] | None = None, optimization_level: int = 3,
+                 log_file: Path | None = None) -> bytes:
+    """Serialized engine for the graph at ``onnx_path``; the timing cache file is read and updated; TensorRT's own
+    output goes to ``log_file`` when given."""
+    logger = file_logger(trt, log_file)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -129,7 +148,8 @@ def build_engine(trt, onnx_path: Path, timing_cache: Path, *, progress: Progress
     if serialized is None:
         if cancelled is not None and cancelled():
             raise InterruptedError("the TensorRT build was cancelled")
-        raise RuntimeError("TensorRT failed to build the engine (its log above says why)")
+        where = f"its log {log_file}" if log_file is not None else "its log above"
+        raise RuntimeError(f"TensorRT failed to build the engine ({where} says why)")
     from .cache import write_atomically
     write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
@@ -230,9 +250,12 @@ class TensorRTStep:
             onnx_path = export()
             timing = cache_dir / f"timing-trt{trt.__version__}-sm{capability[0]}{capability[1]}.cache"
             started = time.perf_counter()
+            build_log = self.path.with_suffix(".build.log")
+            build_log.unlink(missing_ok=True)
             if progress is not None:
-                progress(f"building the TensorRT engine ({precision}, {name}); this takes minutes once", None)
-            data = build_engine(trt, onnx_path, timing, progress=progress, cancelled=cancelled)
+                progress(f"building the TensorRT engine ({precision}, {name}); this takes minutes once; TensorRT's "
+                         f"own output goes to {build_log}", None)
+            data = build_engine(trt, onnx_path, timing, progress=progress, cancelled=cancelled, log_file=build_log)
             cache.store(self.parts, ".engine", data, onnx=str(onnx_path),
                         build_seconds=round(time.perf_counter() - started, 1))
             loaded = LoadedEngine(trt, data)
