@@ -34,7 +34,7 @@ class RainEngine:
                   float(settings.temporal_strength))
         if self.built_for and wanted != self.built_for and self.backend != "eager":
             h, w, fpg, groups, strength = self.built_for
-            log.warning("RAIN %s: the engine from Build RAIN TensorRT Engine was built for %d×%d, window %d×%d, "
+            log.warning("%s: the engine from Build RAIN TensorRT Engine was built for %d×%d, window %d×%d, "
                         "temporal strength %g; this run streams %d×%d, window %d×%d, temporal strength %g, so an "
                         "engine for these shapes is built now (minutes with TensorRT, then cached). Set the engine "
                         "node to the same values to use the one it built.", node, w, h, fpg, groups, strength,

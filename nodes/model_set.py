@@ -34,7 +34,7 @@ def frame_size(rain_model, height: int, width: int, node: str) -> tuple[int, int
     if key not in _said:
         _said.add(key)
         kind = "reduced random weights, " if declaration.reduced_random_weights else ""
-        log.warning("RAIN %s: %s runs at %s (%sdeclared in %s): rendering %d×%d instead of the %d×%d asked for; "
+        log.warning("%s: %s runs at %s (%sdeclared in %s): rendering %d×%d instead of the %d×%d asked for; "
                     "the frames are resized", node, rain_model.name, declaration.describe_size(), kind,
                     declaration.path, fitted[1], fitted[0], width, height)
     return fitted

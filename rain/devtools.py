@@ -5,7 +5,7 @@ can be tried end to end without downloading 10 GB; the plumbing is real, the wei
 
 Plain random weights render an almost black frame whatever the pose, which looks the same as a broken
 pipeline. So the random weights are shaped, not trained, to make working plumbing visible: the output is
-mid-grey structured noise in which the pose image shows (see ``shape_for_display``).
+blocky coloured noise that changes with the pose images (see ``shape_for_display``), never black or flat.
 """
 
 import json
@@ -272,8 +272,8 @@ def write_tiny_readme(models_dir: str | Path) -> Path:
 pack end to end without downloading ~10 GB:
 
 * motion_unet.pth, reference_unet.pth, pose_guider.pth, taesdv.pth, sd-vae-ft-mse/, image_encoder/:
-  the released files' layout with reduced widths and random weights (shaped so the output is mid-grey
-  structured noise that follows the pose image, not a picture of the character);
+  the released files' layout with reduced widths and random weights (shaped so the output is blocky coloured
+  noise that changes with the driving frames, not a picture of the character);
 * {', '.join(f'{name}/' for name in TASK_SETS)}: the same weights under the names the whole-body and
   style-transfer workflows pick (body/motion_unet.pth, depth/motion_unet.pth);
 * rain_model_set.json: declares the set's native frame size ({TINY_NATIVE_SIZE[1]}×{TINY_NATIVE_SIZE[0]}); the

@@ -93,6 +93,10 @@ def test_panel_in_headless_chromium(tmp_path_factory):
         assert words in report["numbers"]
     assert report["background"] == "rgb(0, 255, 0)" and "session=live" in report["viewerUrl"]
     assert report["cameraClosed"] is True
+    # A stopped panel says so over its last frame; a running one shows no overlay.
+    assert report["running"] == {"state": "running", "text": "", "shown": False}
+    assert report["stopped"]["state"] == "stopped" and report["stopped"]["shown"]
+    assert "stopped" in report["stopped"]["text"] and "Start" in report["stopped"]["text"]
     for name in ("live_panel.png", "live_viewer.png"):
         assert (work / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"screenshots: {work}")

@@ -164,3 +164,44 @@ def test_virtual_camera(session_factory, monkeypatch):
         session.stop()
     assert opened[0] == (SIZE, SIZE, 30, "RGB") and opened[-1] == "closed"
     assert sent[0] == (SIZE, SIZE, 3) and camera.device == "/dev/video9"
+
+
+def test_cli_reads_the_reference_as_animate_does_before_any_model(tmp_path, capsys):
+    from PIL import Image
+
+    from rain.cli import main
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    Image.new("RGB", (1, 1)).save(tmp_path / "one.png")
+    for reference, expected in ((empty, "is empty (0 bytes)"), (tmp_path / "one.png", "at least 32 pixels")):
+        # An empty models folder: the reference is refused first, so no model is looked for at all.
+        assert main(["live", "--models-dir", str(tmp_path / "no-models"), "--reference", str(reference),
+                     "--task", "pose", "--port", "0"]) == 2
+        error = capsys.readouterr().err
+        assert expected in error and str(reference) in error and "Traceback" not in error
+
+
+def test_cli_max_frames_stops_and_reports_a_real_rate(tiny_models_dir, reference_png, tmp_path):
+    import re
+    import subprocess
+
+    import shutil
+
+    from test_cli import write_pose_video
+
+    from rain.devtools import write_tiny_declaration
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    write_tiny_declaration(models)   # as make-tiny-models does: the set declares 128×128
+    video = tmp_path / "camera.mp4"
+    write_pose_video(video, frames=40)
+    done = subprocess.run([sys.executable, "-m", "rain", "live", "--models-dir", str(models),
+                           "--reference", str(reference_png), "--task", "pose", "--camera", str(video), "--loop",
+                           "--frames-per-group", "1", "--groups", "2", "--max-frames", "2", "--port", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("stopped:"))
+    out, seconds, rate = re.search(r"(\d+) out in ([\d.]+) s \(([\d.]+) frames/s", line).groups()
+    assert int(out) >= 2 and float(seconds) > 0
+    assert abs(float(rate) - int(out) / float(seconds)) <= 0.01 + 0.05 * float(rate)   # the count over the time
+    assert "RAIN live: 128×128 frames" in done.stdout   # the size the set declares, not 512×512

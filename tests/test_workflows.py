@@ -286,7 +286,7 @@ def test_long_video_workflow(pack):
     widgets = frontend_widget_names(node)
     assert len(widgets) == len(nodes["RAIN_RenderVideo"]["widgets_values"])
     values = dict(zip(widgets, nodes["RAIN_RenderVideo"]["widgets_values"]))
-    assert values["video"] == "driving.mp4" and values["video upload"] == "image" and "seed control" not in values
+    assert values["video"] == "YOUR_DRIVING_VIDEO.mp4" and values["video upload"] == "image" and "seed control" not in values
     assert values["task"] == "face landmarks" and values["format"] == "mp4" and values["keep_audio"] is True
     assert values["resume"] is False and values["save_every"] > 0 and values["filename_prefix"] == "RAIN/long"
     note = "\n".join(n["widgets_values"][0] for n in long["nodes"] if n["type"] in FRONTEND_ONLY)

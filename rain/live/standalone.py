@@ -170,6 +170,8 @@ def run(args) -> int:
     from .server import LOOPBACK_HOSTS, LiveRegistry, LiveRoutes, OriginPolicy
 
     session = build_session(args)
+    info = session.info()
+    print(f"RAIN live: {info['width']}×{info['height']} frames, task {info['task']}", flush=True)
     started = time.monotonic()
     registry = LiveRegistry()
     registry.add(session)

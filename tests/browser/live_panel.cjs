@@ -68,10 +68,19 @@ async function main() {
     await viewer.screenshot({ path: path.join(outDir, "live_viewer.png") });
     const background = await viewer.evaluate(() => getComputedStyle(document.body).backgroundColor);
 
+    const panelState = () => page.evaluate(() => {
+      const overlay = document.querySelector(".rain-live-state");
+      return { state: document.querySelector(".rain-live").dataset.state, text: overlay.textContent,
+               shown: getComputedStyle(overlay).display !== "none" };
+    });
+    const running = await panelState();
     await page.click(".rain-live-stop");
     await page.waitForFunction(() => document.querySelector(".rain-live-stop").disabled, null, WAIT);
     const cameraClosed = await page.evaluate(() => window.rainLive.stream === null);
-    console.log(JSON.stringify({ output, numbers, client, background, cameraClosed, viewerUrl, problems }));
+    const stopped = await panelState();
+    await page.screenshot({ path: path.join(outDir, "live_panel_stopped.png") });
+    console.log(JSON.stringify({ output, numbers, client, background, cameraClosed, viewerUrl, problems, running,
+                                 stopped }));
   } finally {
     await context.close();
   }

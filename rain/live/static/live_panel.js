@@ -304,7 +304,17 @@ export function buildPanel(container, client, { viewerUrl = null, compact = fals
     { className: "rain-live-output", width: 512, height: 512 });
   const video = element("video", { position: "absolute", right: "4px", bottom: "4px", width: compact ? "25%" : "20%",
     border: "1px solid #555", background: "#000" }, { className: "rain-live-camera", muted: true, playsInline: true });
-  views.append(output, video);
+  // What the panel is doing, over the output: "not started", "stopped" (the last frame dimmed under it), nothing
+  // while frames come. A stopped panel must never look like a frozen stream.
+  const state = element("div", { position: "absolute", inset: "0", display: "flex", alignItems: "center",
+    justifyContent: "center", background: "rgba(0, 0, 0, 0.55)", color: "#eee", font: "bold 14px sans-serif",
+    textAlign: "center", pointerEvents: "none" }, { className: "rain-live-state", textContent: "not started · press Start" });
+  views.append(output, video, state);
+  const showState = (name, text) => {
+    root.dataset.state = name;
+    state.textContent = text;
+    state.style.display = name === "running" ? "none" : "flex";
+  };
   const buttons = element("div", { display: "flex", gap: "6px", alignItems: "center", flexWrap: "wrap" });
   const start = element("button", {}, { textContent: "Start", className: "rain-live-start" });
   const stop = element("button", {}, { textContent: "Stop", className: "rain-live-stop", disabled: true });
@@ -320,6 +330,7 @@ export function buildPanel(container, client, { viewerUrl = null, compact = fals
   const message = element("div", { color: "#f88", minHeight: "1em" }, { className: "rain-live-message" });
   root.append(views, buttons, numbers, message);
   container.append(root);
+  showState("idle", "not started · press Start");
   client.attach(video, output);
 
   const setViewer = () => {
@@ -333,8 +344,10 @@ export function buildPanel(container, client, { viewerUrl = null, compact = fals
     message.textContent = "";
     start.disabled = true;
     stop.disabled = false;
+    showState("starting", "starting the camera…");
     await client.start();
-    if (!client.running) { start.disabled = false; stop.disabled = true; }
+    if (client.running) showState("running", "");
+    else { start.disabled = false; stop.disabled = true; showState("idle", "not started · press Start"); }
   });
   stop.addEventListener("click", () => client.stop());
   upload.addEventListener("change", async () => {
@@ -356,7 +369,12 @@ export function buildPanel(container, client, { viewerUrl = null, compact = fals
   });
   client.addEventListener("frame", () => { root.dataset.framesShown = String(client.shown); });
   client.addEventListener("error", (event) => { message.textContent = event.detail.message; });
-  client.addEventListener("stopped", () => { start.disabled = false; stop.disabled = true; });
+  client.addEventListener("stopped", () => {
+    start.disabled = false;
+    stop.disabled = true;
+    showState("stopped", "stopped · press Start to go live again");
+    numbers.textContent = `stopped\n${numbers.textContent.replace(/^stopped\n/, "")}`;
+  });
   client.addEventListener("session", setViewer);
   return { root, output, video, start, stop, upload, numbers, message, viewer, setViewer };
 }
