@@ -28,9 +28,15 @@ DEPTH_FOLDER = "depth_estimator"
 DEFAULT_MOMENTUM = 0.9
 #: transformers model types that predict depth (others are accepted when their architecture says so).
 DEPTH_MODEL_TYPES = frozenset({"dpt", "depth_anything", "glpn", "zoedepth", "depth_pro", "prompt_depth_anything"})
-HUB_SUGGESTION = ("e.g. `python -m rain download --only depth --models-dir {folder.parent}` (Depth Anything V2 "
-                  "Small, 99 MB, into {folder.parent}/depth_estimator) or "
-                  "`hf download Intel/dpt-hybrid-midas --local-dir {folder}` (MiDaS, the paper's estimator)")
+HUB_SUGGESTION = ("e.g. `{download}` (Depth Anything V2 Small, 99 MB, into {folder.parent}/depth_estimator) or "
+                  "`hf download Intel/dpt-hybrid-midas --local-dir {quoted}` (MiDaS, the paper's estimator)")
+
+
+def _suggestion(folder: Path) -> str:
+    from .shell import quote, rain_command
+    return HUB_SUGGESTION.format(download=rain_command("download", "--only", "depth", "--models-dir",
+                                                       str(folder.parent)),
+                                 folder=folder, quoted=quote(str(folder)))
 
 
 class DepthModelNotFound(FileNotFoundError):
@@ -87,11 +93,11 @@ def check_depth_model_folder(folder: str | os.PathLike) -> Path:
     if not folder.is_dir():
         raise DepthModelNotFound(
             f"no depth estimator at {folder}: put a transformers depth model folder there (config.json, the "
-            f"weights, preprocessor_config.json), {HUB_SUGGESTION.format(folder=folder)}")
+            f"weights, preprocessor_config.json), {_suggestion(folder)}")
     if not is_depth_model_folder(folder):
         raise DepthModelNotFound(
             f"{folder / 'config.json'} is missing or does not describe a depth estimation model (DPT, Depth "
-            f"Anything, ...); point to the folder of one, {HUB_SUGGESTION.format(folder=folder)}")
+            f"Anything, ...); point to the folder of one, {_suggestion(folder)}")
     return folder
 
 
@@ -117,7 +123,7 @@ class DepthEstimator:
         if not (folder / "preprocessor_config.json").is_file():
             raise DepthModelNotFound(f"{folder} has no preprocessor_config.json (the depth model's input size and "
                                      f"normalisation); download the whole model folder, "
-                                     f"{HUB_SUGGESTION.format(folder=folder)}")
+                                     f"{_suggestion(folder)}")
         model = AutoModelForDepthEstimation.from_pretrained(folder)
         processor = AutoImageProcessor.from_pretrained(folder)
         return cls(model, processor, device=device, dtype=dtype)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_nodes_model_paths import HOST_MODULES, PACK, REPO  # noqa: F401  (the pack-loading fixture's names)
+from test_nodes_model_paths import REPO
 from test_nodes_model_paths import host  # noqa: F401  (fixture)
 
 

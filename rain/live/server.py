@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable
 from urllib.parse import urlsplit
 
-from .protocol import (OUTPUT_FORMATS, FrameLimits, Rejected, RateLimiter, check_image, parse_control,
+from .protocol import (OUTPUT_FORMATS, FrameLimits, Rejected, RateLimiter, parse_control,
                        parse_frame)
 from ..io.images import ImageError, decode_reference
 from .routes import PREFIX, ROUTES

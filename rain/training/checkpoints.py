@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ..weights.safe_load import read_safetensors_unmapped as load_file   # rotation deletes old checkpoints
 
 PROGRESS = "progress.json"
 TRAINABLE = "trainable.safetensors"
