@@ -21,6 +21,7 @@ from .models.reference_unet import ReferenceUNet
 from .models.taesdv import TAESDV
 from .models.vae import build_vae, is_ldm_layout, ldm_to_diffusers
 from .models.video_unet import UNetConfig, VideoUNet
+from .messages import describe_error
 
 _MANIFESTS = Path(__file__).parent / "manifests"
 DEFAULT_VAE_CONFIG = _MANIFESTS / "vae_sd-vae-ft-mse_config.json"
@@ -63,7 +64,7 @@ def _on_meta(plan: _Plan, *, source, dtype: torch.dtype = torch.float32) -> torc
             module = plan.build()
     except Exception as error:  # a library's own size check, on sizes that came from the file
         raise weights.WeightsError(f"Weights file {source}: a {plan.model_name} model cannot be built with the "
-                                   f"sizes read from it or its config ({error}).\n"
+                                   f"sizes read from it or its config ({describe_error(error)}).\n"
                                    f"{weights.redownload_hint(source)}") from error
     # nn.Module.to, not diffusers' ModelMixin.to, which warns about fp32-pinned modules these models lack.
     module = torch.nn.Module.to(module, dtype)

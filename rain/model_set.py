@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .messages import describe_error
+
 DECLARATION_FILE = "rain_model_set.json"
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ def read_declaration(denoiser: str | os.PathLike | None) -> ModelSetDeclaration 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelSetDeclarationError(f"{path} is not readable JSON ({error}). {fix}") from None
+        raise ModelSetDeclarationError(f"{path} is not readable JSON ({describe_error(error)}). {fix}") from None
     if not isinstance(data, dict):
         raise ModelSetDeclarationError(f"{path} must hold a JSON object. {fix}")
     described = data.get("denoiser")

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import VideoIOError
+from ..messages import describe_error
 
 #: Shortest side a reference may have. RAIN stretches the reference to the frame size (512 as trained), and
 #: its image encoder sees it at 224×224: a smaller image is an icon or a mistake, not a character.
@@ -56,7 +57,7 @@ def decode_image(data: bytes, source: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{source} is not an image Pillow can read (PNG, JPEG, WebP, BMP, TIFF, GIF…); "
                          f"convert it to PNG or JPEG.") from None
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{source} is too large to open safely ({error}); scale it down first.") from None
+        raise ImageError(f"{source} is too large to open safely ({describe_error(error)}); scale it down first.") from None
     except (OSError, SyntaxError, ValueError) as error:
         # Truncated downloads and damaged files fail while decoding.
         raise ImageError(f"{source} is damaged or incomplete ({type(error).__name__}: {error}); use another copy "
@@ -64,7 +65,7 @@ def decode_image(data: bytes, source: str | os.PathLike) -> Image.Image:
     try:
         return to_rgb(image)
     except ValueError as error:
-        raise ImageError(f"{source}: {error}") from None
+        raise ImageError(f"{source}: {describe_error(error)}") from None
 
 
 def check_reference_size(image: Image.Image, source: str | os.PathLike) -> Image.Image:

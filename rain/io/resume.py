@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VideoIOError
+from ..messages import describe_error
 
 FORMAT_VERSION = 2
 STATE_NAME = "state.json"
@@ -127,7 +128,7 @@ class ResumeStore:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise VideoIOError(f"The resume state {path} is damaged ({error}); delete {self.folder} and render "
+            raise VideoIOError(f"The resume state {path} is damaged ({describe_error(error)}); delete {self.folder} and render "
                                f"again without resume.") from error
         if record.get("version") != FORMAT_VERSION:
             raise VideoIOError(f"{path} was written by another version of RAIN (format {record.get('version')}); "
@@ -138,7 +139,7 @@ class ResumeStore:
             with safe_open(str(tensors_path), framework="pt", device="cpu") as handle:
                 tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}
         except (OSError, SafetensorError) as error:
-            raise VideoIOError(f"The resume state {tensors_path} cannot be read ({error}); delete {self.folder} "
+            raise VideoIOError(f"The resume state {tensors_path} cannot be read ({describe_error(error)}); delete {self.folder} "
                                f"and render again without resume.") from error
         return tensors, record
 

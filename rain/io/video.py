@@ -127,7 +127,7 @@ def count_frames(path: PathLike) -> int:
         try:
             return sum(1 for packet in container.demux(stream) if packet.size)
         except av.error.FFmpegError as exc:
-            raise VideoIOError(f"{path}: the video stream is unreadable ({exc})") from exc
+            raise VideoIOError(f"{path}: the video stream is unreadable ({describe_error(exc)})") from exc
 
 
 # ---- source kinds ------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def _open_image(path: Path) -> Image.Image:
     try:
         return Image.open(path)
     except (OSError, ValueError) as exc:
-        raise VideoIOError(f"Cannot read the image {path}: {exc}") from exc
+        raise VideoIOError(f"Cannot read the image {path}: {describe_error(exc)}") from exc
 
 
 # ---- images ----------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def _pil_to_rgb(image: Image.Image, size: tuple[int, int] | None) -> np.ndarray:
         try:
             rgb = image.convert("RGB")
         except OSError as exc:
-            raise VideoIOError(f"Cannot decode the image {image.filename}: {exc}") from exc
+            raise VideoIOError(f"Cannot decode the image {image.filename}: {describe_error(exc)}") from exc
     if size is not None and rgb.size != (size[1], size[0]):
         rgb = rgb.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     return np.asarray(rgb)
@@ -206,7 +206,7 @@ def _open_container(path: Path) -> av.container.InputContainer:
     except PermissionError as exc:
         raise VideoIOError(f"No permission to read {path}.") from exc
     except av.error.FFmpegError as exc:
-        raise VideoIOError(f"Cannot open {path}; it may be damaged or incomplete ({exc}).") from exc
+        raise VideoIOError(f"Cannot open {path}; it may be damaged or incomplete ({describe_error(exc)}).") from exc
 
 
 def _video_stream(container: av.container.InputContainer, path: Path):
@@ -271,7 +271,7 @@ def _timed_video_frames(container, stream, path: Path) -> Iterator[tuple[Fractio
             yield time, duration, frame
     except av.error.FFmpegError as exc:
         raise VideoIOError(f"{path}: the video stream became unreadable after {decoded} frames "
-                           f"({exc}).") from exc
+                           f"({describe_error(exc)}).") from exc
     if decoded == 0:
         raise VideoIOError(f"{path}: the video has no frames.")
 
@@ -321,6 +321,7 @@ def frames_total(info: VideoInfo, fps: float | None = None) -> int:
 
 # The writer lives in its own module; importing it here keeps ``rain.io.video.VideoWriter``.
 from .writer import VideoWriter  # noqa: E402  (after the definitions it does not need)
+from ..messages import describe_error
 
 __all__ = ["VideoInfo", "probe", "read_frames", "count_frames", "frames_total", "VideoWriter",
            "VideoIOError", "VideoNotFoundError", "IMAGE_SUFFIXES"]

@@ -33,6 +33,7 @@ from PIL import Image
 from .audio import AudioCopier, has_audio
 from .errors import VideoIOError
 from .frames import pad_to_even, to_uint8_rgb
+from ..messages import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ class VideoWriter:
         try:
             self._container = av.open(str(self.path), "w", format=muxer, options=container_options)
         except (av.error.FFmpegError, OSError) as exc:
-            raise VideoIOError(f"Cannot create {self.path}: {exc}") from exc
+            raise VideoIOError(f"Cannot create {self.path}: {describe_error(exc)}") from exc
         try:
             self._add_video_stream(height, width, default_codec)
             if self._audio_from is not None and audio_codec is not None:
@@ -307,7 +308,7 @@ class VideoWriter:
                 packet.duration = packet.duration or 1
                 self._container.mux(packet)
         except av.error.FFmpegError as exc:
-            raise VideoIOError(f"Writing frame {self.frames_written} to {self.path} failed: {exc}") from exc
+            raise VideoIOError(f"Writing frame {self.frames_written} to {self.path} failed: {describe_error(exc)}") from exc
 
 
 def _palettize(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..messages import describe_error
+
 FORMAT = "rain-clips"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -76,7 +78,7 @@ class Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise DatasetError(f"{path} is damaged ({error}); prepare the dataset again") from None
+            raise DatasetError(f"{path} is damaged ({describe_error(error)}); prepare the dataset again") from None
         if data.get("format") != FORMAT or data.get("version") != VERSION:
             raise DatasetError(f"{path} is not a {FORMAT} v{VERSION} manifest (found {data.get('format')!r} "
                                f"v{data.get('version')}); prepare the dataset again with this version")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .catalogue import ALIASES, DOWNLOAD_GROUPS, MODEL_FILES, ModelEntry, RemoteFile, find_weight
 from .errors import DownloadError, WeightsError, download_command
+from ..messages import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ def http_download(url: str, dest: str | os.PathLike[str], *, expected_size: int 
         if isinstance(getattr(exc, "reason", None), socket.gaierror):
             raise _unresolvable_error(urllib.parse.urlsplit(url).hostname, dest.name, dest.parent,
                                       exc.reason) from None
-        raise DownloadError(f"Downloading {url} failed: {exc}. Check the network connection and "
+        raise DownloadError(f"Downloading {url} failed: {describe_error(exc)}. Check the network connection and "
                             f"run again; the download will resume.") from exc
     with response:
         status = getattr(response, "status", None) or response.getcode()
@@ -383,7 +384,7 @@ def http_download(url: str, dest: str | os.PathLike[str], *, expected_size: int 
                     if report is not None:
                         report(dest.name, done, total)
             except OSError as exc:
-                raise DownloadError(f"Download of {url} was interrupted ({exc}); run again to "
+                raise DownloadError(f"Download of {url} was interrupted ({describe_error(exc)}); run again to "
                                     f"resume from {part.stat().st_size:,} bytes.") from exc
     return _finish_part(part, dest, total, expected_size, url)
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import MissingWeightsError, WeightsError, convert_command, download_command, preview_keys
+from ..messages import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return read_safetensors_unmapped(path)
     except Exception as exc:  # SafetensorError is not importable under a stable name
-        raise _corrupt_file_error(path, f"safetensors: {exc}") from exc
+        raise _corrupt_file_error(path, f"safetensors: {describe_error(exc)}") from exc
 
 
 def _load_pickle(path: Path) -> Any:
