@@ -289,11 +289,7 @@ def render(job: AnimateJob, pipe, reference) -> RenderReport:
     from tqdm import tqdm
 
     from .progress import stream_calls
-    from .render import Callbacks, OutputSpec, render_video
 
-    args = job.args
-    for note in job.notes:
-        log.warning("%s", note)
     calls = stream_calls(job.expected_frames, job.settings) if job.expected_frames else None
     group = job.settings.frames_per_group
     with tqdm(total=calls, unit="call", desc="animating", dynamic_ncols=True) as bar:
@@ -302,12 +298,23 @@ def render(job: AnimateJob, pipe, reference) -> RenderReport:
             total = f"{'~' if not job.expected_exact else ''}{job.expected_frames}" if job.expected_frames else "?"
             speed = f", {step.frames_per_second:.2f} frames/s" if step.frames_per_second else ""
             bar.set_postfix_str(f"{step.frames_in}/{total} frames in, {step.frames_out} out{speed}")
+        return render_job(job, pipe, reference, progress=progress)
 
-        result = render_video(pipe, reference, job.settings, source_spec(job),
-                              OutputSpec(Path(args.output), job.fps, job.audio, args.start / job.fps),
-                              expected_frames=job.expected_frames, expected_exact=job.expected_exact,
-                              resume=resume_spec(job), callbacks=Callbacks(progress=progress),
-                              stream_options=backend_options(args))
+
+def render_job(job: AnimateJob, pipe, reference, *, progress=None, check_cancel=None,
+               stream_options: dict | None = None) -> RenderReport:
+    """The render of one checked job with the host's callbacks (the CLI's bar, a farm worker's reports and stop
+    flag): one path for ``animate`` and ``batch``."""
+    from .render import Callbacks, OutputSpec, render_video
+
+    args = job.args
+    for note in job.notes:
+        log.warning("%s", note)
+    result = render_video(pipe, reference, job.settings, source_spec(job),
+                          OutputSpec(Path(args.output), job.fps, job.audio, args.start / job.fps),
+                          expected_frames=job.expected_frames, expected_exact=job.expected_exact,
+                          resume=resume_spec(job), callbacks=Callbacks(progress=progress, check_cancel=check_cancel),
+                          stream_options=backend_options(args) if stream_options is None else stream_options)
     report = RenderReport(result.frames_in, result.frames_out, result.seconds, result.first_frame_seconds,
                           result.output, list(job.notes) + result.warnings, result.pose_summary)
     report.resumed_from = result.resumed_from

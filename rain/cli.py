@@ -15,9 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
+from .animate_options import DEFAULT_MODELS_DIR, add_animate_arguments
 from .sizes import parse_size
 
-DEFAULT_MODELS_DIR = "models"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -92,57 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace existing .safetensors copies")
 
     animate = commands.add_parser("animate", help="reference image + driving video → output video")
-    animate.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
-    animate.add_argument("--reference", required=True, type=Path,
-                         help="the character image (any size ≥ 32 px and mode; stretched to the frame size)")
-    animate.add_argument("--driving", required=True, type=Path,
-                         help="a video (or image folder) of pose images, or a raw video with --task face/body")
-    animate.add_argument("-o", "--output", required=True, type=Path,
-                         help=".mp4 .mkv .webm .mov .gif, or a folder (PNGs); written as NAME.partial.EXT until "
-                              "complete")
-    animate.add_argument("--task", choices=("pose", "face", "body", "depth"), default="pose",
-                         help="pose: the driving video already shows pose images; face/body: detect with DWPose; "
-                              "depth: depth maps from the depth estimator (--depth-model)")
-    animate.add_argument("--depth-model", default=None, metavar="NAME",
-                         help="--task depth: the depth model's folder name inside MODELS_DIR (default: depth_estimator)")
-    animate.add_argument("--size", type=parse_size, default=None,
-                         help="output size N or WxH, multiples of 8 (default: the size the models declare, else "
-                              "the driving video's size rounded down to multiples of 8, or 512 with "
-                              "--task face/body/depth)")
-    animate.add_argument("--fps", type=float, default=None,
-                         help="resample the driving video to this rate (default: its own rate; a variable-rate "
-                              "video is resampled to its average rate)")
-    animate.add_argument("--start", type=int, default=0, help="skip this many driving frames")
-    animate.add_argument("--max-frames", type=int, default=None,
-                         help="stop after this many frames (default: every frame)")
-    animate.add_argument("--crop", type=float, default=None,
-                         help="--task face/body: centre-square crop keeping this fraction of the short side "
-                              "(the demo's 0.9); default: stretch the frame like the official batch example")
-    animate.add_argument("--missing", choices=("hold", "blank"), default="hold",
-                         help="frames without a face: repeat the last landmarks or draw nothing")
-    animate.add_argument("--guidance", type=float, default=2.5)
-    animate.add_argument("--seed", type=int, default=42)
-    animate.add_argument("--frames-per-group", type=int, default=4)
-    animate.add_argument("--groups", type=int, default=4)
-    animate.add_argument("--steps-per-group", type=int, default=1)
-    animate.add_argument("--temporal-strength", type=float, default=1.0)
-    animate.add_argument("--decoder", choices=("taesdv", "vae"), default="taesdv")
-    animate.add_argument("--backend", choices=("eager", "compiled", "onnx", "tensorrt"), default="eager",
-                         help="how steady-state calls run: eager PyTorch, torch.compile (+ CUDA graphs), onnxruntime, "
-                              "or a TensorRT engine cached in <models-dir>/tensorrt (falls back to compiled, saying "
-                              "how to install it, when TensorRT is missing; default: eager)")
-    animate.add_argument("--device", default=None, help="cuda, cpu, cuda:1 … (default: cuda when available)")
-    animate.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
-                         help="default: fp16 on CUDA, fp32 on CPU")
-    animate.add_argument("--vae", type=Path, default=None)
-    animate.add_argument("--image-encoder", type=Path, default=None)
-    animate.add_argument("--no-audio", action="store_true", help="do not copy the driving video's sound")
-    animate.add_argument("--save-every", type=int, default=64, metavar="FRAMES",
-                         help="save the complete render state next to the output (OUTPUT.resume/) every this many "
-                              "frames, so --resume can continue an interrupted render; 0 saves none")
-    animate.add_argument("--resume", action="store_true",
-                         help="continue the interrupted render of -o from its last saved state (same settings and "
-                              "inputs; it says which changed otherwise); the frames equal an uninterrupted render's")
+    add_animate_arguments(animate)
 
     from .live import standalone as live  # argparse only; the engine loads when the command runs
     live.add_arguments(commands.add_parser("live", help=live.HELP))
@@ -156,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_data_parsers(commands, size_type=parse_size, models_dir_default=DEFAULT_MODELS_DIR)
     from .training import cli as training_cli
     training_cli.add_parser(commands)
+    from .farm import cli as farm_cli
+    farm_cli.add_parser(commands)
     return parser
 
 
@@ -243,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     from .live.standalone import run as run_live
     from .training import cli as training_cli
     from .training.commands import run_evaluate, run_prepare_data
-    handlers = {"download": run_download, "convert": run_convert, "animate": run_animate,
+    from .farm.cli import run as run_batch
+    handlers = {"batch": run_batch, "download": run_download, "convert": run_convert, "animate": run_animate,
                 "make-tiny-models": run_make_tiny_models, "live": run_live, "prepare-data": run_prepare_data,
                 "evaluate": run_evaluate, "train": training_cli.run}
     try:

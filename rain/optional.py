@@ -21,7 +21,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tensorrt": ("tensorrt", ("tensorrt",)),
     "onnxruntime": ("standalone", ("onnxruntime",)),
     "cv2": ("standalone", ("opencv-python-headless",)),
-    "ray": ("farm", ("ray[default]>=2.12",)),
+    "ray": ("farm", ("ray>=2.12",)),
     "tensorboard": ("train-extras", ("tensorboard",)),
 }
 
