@@ -264,3 +264,66 @@ def test_ctrl_c_on_the_driver_saves_every_running_job_and_the_rerun_continues(fa
     finished = json.loads(report.read_text(encoding="utf-8"))["jobs"][0]
     assert finished["status"] == "done" and finished["resumed_from"] > 0
     np.testing.assert_array_equal(frames_of(root / "sigint" / "long"), plain_renders["long"])
+
+
+# -- the ComfyUI node -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def node_host(farm, tmp_path):
+    """The pack without ComfyUI: models/rain = the tiny set, an input folder with two driving videos."""
+    from test_nodes_model_paths import PACK
+    import importlib.util
+    root, models = farm
+    spec = importlib.util.spec_from_file_location(PACK + "-farm", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pack
+    spec.loader.exec_module(pack)
+    host = sys.modules[f"{spec.name}.nodes.host"]
+    (tmp_path / "input" / "takes").mkdir(parents=True)
+    for name in ("short", "mid"):
+        (tmp_path / "input" / "takes" / f"{name}.mp4").write_bytes((root / f"{name}.mp4").read_bytes())
+    host.set_fallback_models_dirs([models])
+    host.set_fallback_folders(input_dir=tmp_path / "input", output_dir=tmp_path / "output")
+    yield pack, host, tmp_path
+    host.set_fallback_models_dirs(None)
+    host.set_fallback_folders()
+    for key in [k for k in sys.modules if k.startswith(spec.name)]:
+        del sys.modules[key]
+
+
+def node_inputs(**changes):
+    values = dict(motion_unet="motion_unet.pth", source="folder of driving videos", driving_folder="takes",
+                  job_file="", filename_prefix="RAIN/batch", format="png frames", task="pose", width=SIZE,
+                  height=SIZE, frames_per_group=2, num_groups=2, guidance_scale=2.5, seed=5, save_every=8,
+                  reference=torch.full((1, SIZE, SIZE, 3), 0.6))
+    values.update(changes)
+    return values
+
+
+def test_batch_render_node_renders_a_folder_cancels_with_states_saved_and_continues(node_host, monkeypatch):
+    pack, host, folders = node_host
+    node = pack.NODE_CLASS_MAPPINGS["RAIN_BatchRender"]
+    assert "reference" in node.INPUT_TYPES()["optional"] and "ray_address" in node.INPUT_TYPES()["optional"]
+    real, calls = host.check_interrupted, []
+
+    def cancel_after(count=8):   # inside the first (longest) video, after its first saved state
+        calls.append(1)
+        if len(calls) == count:
+            host.request_interrupt()
+        real()
+    monkeypatch.setattr(host, "check_interrupted", cancel_after)
+    with pytest.raises(host.Interrupted):
+        node().render(**node_inputs())
+    monkeypatch.undo()
+    outputs = folders / "output" / "RAIN" / "batch"
+    assert list(outputs.glob("*.resume/state.json")), "the cancelled video saved no state"
+    out = node().render(**node_inputs())
+    report = json.loads(out["result"][0])
+    status = {Path(e["output"]).name: (e["status"], e["resumed_from"]) for e in report["jobs"]}
+    assert {name for name, (s, _) in status.items() if s == "done"} == {"short", "mid"}, report
+    assert status["mid"][1] > 0 and status["short"][1] == 0         # the cancelled one continued
+    assert len(list((outputs / "mid").glob("*.png"))) == 24 and len(list((outputs / "short").glob("*.png"))) == 12
+    again = json.loads(node().render(**node_inputs())["result"][0])
+    assert {e["status"] for e in again["jobs"]} == {"skipped"}       # finished videos are not rendered again
+    with pytest.raises(ValueError, match="outside|absolute|'..'"):
+        node().render(**node_inputs(driving_folder="../elsewhere"))

@@ -55,7 +55,7 @@ print(json.dumps({{
     assert report["nodes"] == sorted(["RAIN_LoadModel", "RAIN_FuseReference", "RAIN_StreamSampler",
                                       "RAIN_DecodeLatents", "RAIN_BuildEngine", "RAIN_FaceLandmarks",
                                       "RAIN_WholeBodyPose", "RAIN_LandmarkTransform", "RAIN_DrawPose",
-                                      "RAIN_DepthMaps", "RAIN_Live", "RAIN_RenderVideo"])
+                                      "RAIN_DepthMaps", "RAIN_Live", "RAIN_RenderVideo", "RAIN_BatchRender"])
     # "rain" would mean the engine was imported as a top-level package instead of relatively inside the pack.
     assert report["loaded"] == [], f"imported at pack import: {report['loaded']}"
     assert (REPO / report["web"]).is_dir()
@@ -126,9 +126,11 @@ def test_only_the_loader_fingerprints_its_inputs(pack):
     # fuse or sampler nodes would re-run them needlessly; the loader's fingerprints the files on disk. RAIN Live
     # runs on every queued prompt: running the graph is how a stopped session starts again.
     with_fingerprint = {k for k, cls in pack.NODE_CLASS_MAPPINGS.items() if hasattr(cls, "IS_CHANGED")}
-    assert with_fingerprint == {"RAIN_LoadModel", "RAIN_Live"}
-    live = pack.NODE_CLASS_MAPPINGS["RAIN_Live"].IS_CHANGED()
-    assert live != live   # NaN: never equal to the previous run's value
+    # RAIN Batch Render looks at the disk every run: finished videos are skipped, interrupted ones continue.
+    assert with_fingerprint == {"RAIN_LoadModel", "RAIN_Live", "RAIN_BatchRender"}
+    for name in ("RAIN_Live", "RAIN_BatchRender"):
+        value = pack.NODE_CLASS_MAPPINGS[name].IS_CHANGED()
+        assert value != value   # NaN: never equal to the previous run's value
 
 
 def test_engine_imports_inside_the_pack_are_relative():

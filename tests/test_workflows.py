@@ -292,3 +292,14 @@ def test_long_video_workflow(pack):
     note = "\n".join(n["widgets_values"][0] for n in long["nodes"] if n["type"] in FRONTEND_ONLY)
     for needed in ("resume", ".partial.mp4", ".resume/", "python -m rain animate", "--resume", "frames/s"):
         assert needed in note, needed
+
+
+def test_batch_render_workflow(pack):
+    batch = load(REPO / "workflows" / "rain_batch_render.json")
+    nodes = {n["id"]: n for n in batch["nodes"]}
+    render = next(n for n in batch["nodes"] if n["type"] == "RAIN_BatchRender")
+    values = dict(zip(frontend_widget_names(pack.NODE_CLASS_MAPPINGS["RAIN_BatchRender"]), render["widgets_values"]))
+    assert values["source"] == "folder of driving videos" and values["ray_address"] == ""
+    assert "seed control" not in values          # a rerun keeps the seed, so interrupted videos resume
+    fed = {nodes[link[1]]["type"] for link in batch["links"] if link[3] == render["id"]}
+    assert fed == {"LoadImage"}

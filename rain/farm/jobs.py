@@ -177,19 +177,25 @@ def load_jobs(path: str | Path, defaults: argparse.Namespace | None = None) -> J
     """Read and check a job file without loading any model: every job parsed and checked as ``animate`` checks
     its inputs (reference, driving video, output, DWPose or depth files, a saved state's settings), two jobs
     writing one output refused. Bad jobs carry their ``problem``; finished ones are ``done``."""
+    path = Path(path)
+    return check_jobs(read_rows(path), path, path.resolve().parent, defaults)
+
+
+def check_jobs(rows: list[tuple[str, dict]], source: Path, folder: Path,
+               defaults: argparse.Namespace | None = None) -> JobList:
+    """``load_jobs`` for rows from elsewhere (a node's folder of driving videos): relative paths are relative to
+    ``folder``; ``source`` names the list in the report."""
     from ..animate import prepare_job
     from ..io import ResumeStore
 
-    path = Path(path)
-    rows = read_rows(path)
     defaults = defaults if defaults is not None else argparse.Namespace()
     parser = job_parser()
-    listed = JobList(path)
+    listed = JobList(Path(source))
     owners: dict[Path, Job] = {}
     for number, (line, row) in enumerate(rows, 1):
         where = f"job {number} ({line})"
         try:
-            job = parse_job(number, where, row, defaults, path.resolve().parent, parser)
+            job = parse_job(number, where, row, defaults, Path(folder), parser)
         except JobError as error:
             listed.jobs.append(Job(number, argparse.Namespace(output="?", driving="?"), where, problem=str(error)))
             continue
