@@ -266,6 +266,37 @@ def test_ctrl_c_on_the_driver_saves_every_running_job_and_the_rerun_continues(fa
     np.testing.assert_array_equal(frames_of(root / "sigint" / "long"), plain_renders["long"])
 
 
+def test_prepare_data_on_ray_workers_equals_the_local_run(ray_cluster, tmp_path):
+    """Depth conditions (a model on each worker) for three videos over two workers: the same shards, bit for bit,
+    and the same manifest as preparing here."""
+    from test_prepare_data import write_video
+
+    from rain.cli import main
+    from rain.devtools import write_tiny_depth_model
+    videos = tmp_path / "videos"
+    write_video(videos / "a.mp4", 20, (60, 80))
+    write_video(videos / "sub" / "b.mkv", 40, (72, 48), seed=5)
+    write_video(videos / "c.mp4", 28, (64, 64), seed=2)
+    (videos / "broken.mp4").write_bytes(b"not a video" * 20)
+    write_tiny_depth_model(tmp_path / "models" / "depth_estimator")
+    common = ["--task", "depth", "--size", "32", "--clip-length", "8", "--models-dir", str(tmp_path / "models"),
+              "--device", "cpu", "--batch-size", "3", "--clips-per-shard", "3"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as the workers (one thread each): the same float sums
+    try:
+        assert main(["prepare-data", str(videos), str(tmp_path / "local"), *common]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["prepare-data", str(videos), str(tmp_path / "farm"), *common, "--ray", "--workers", "2",
+                 "--threads", "1"]) == 0
+    local, farm = (json.loads((tmp_path / name / "manifest.json").read_text(encoding="utf-8"))
+                   for name in ("local", "farm"))
+    assert local == farm and local["clips"] > 6
+    for shard in local["shards"]:   # byte for byte: frames, conditions and the clip records in the header
+        assert (tmp_path / "local" / shard["file"]).read_bytes() == (tmp_path / "farm" / shard["file"]).read_bytes()
+    assert not (tmp_path / ".farm.staging").exists() or not any((tmp_path / ".farm.staging").iterdir())
+
+
 # -- the ComfyUI node -------------------------------------------------------------------------------------------------
 @pytest.fixture
 def node_host(farm, tmp_path):

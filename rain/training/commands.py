@@ -47,6 +47,12 @@ def add_parsers(commands, *, size_type, models_dir_default: str) -> None:
     prepare.add_argument("--depth-model", default=None, metavar="NAME",
                          help="the depth model's folder name inside MODELS_DIR (default: depth_estimator)")
     prepare.add_argument("--device", default=None, help="depth model device (default: cuda when available)")
+    prepare.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                         help="spread the videos over Ray workers (the render farm's): alone, a local cluster; with "
+                              "an address, that cluster. The dataset equals the one prepared here")
+    prepare.add_argument("--workers", type=int, default=None,
+                         help="with --ray: workers (default: one per GPU, else one per --threads CPU cores)")
+    prepare.add_argument("--threads", type=int, default=None, help="with --ray: torch threads per CPU worker")
     prepare.add_argument("--batch-size", type=int, default=8, help="depth frames per estimator call")
     prepare.add_argument("--clips-per-shard", type=int, default=64, help="clips stored per shard file")
     prepare.add_argument("--seed", type=int, default=0, help="random crops")
@@ -90,7 +96,7 @@ def run_prepare_data(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .data import DatasetError
-    from .prepare import DepthAnnotator, PoseAnnotator, PrepareOptions, find_videos, open_manifest, prepare_dataset
+    from .prepare import PrepareOptions, find_videos, make_annotator, open_manifest, prepare_dataset
 
     options = PrepareOptions(task=args.task, size=args.size, clip_length=args.clip_length, stride=args.stride,
                              fps=args.fps, crop=args.crop, min_crop_scale=args.min_crop_scale,
@@ -102,21 +108,23 @@ def run_prepare_data(args: argparse.Namespace) -> int:
         open_manifest(args.out_dir, options)
     except DatasetError as error:
         return _fail(error)
-    if options.task == "depth":
-        from ..depth import DepthConditioner, DepthEstimator, find_depth_model
-        estimator = DepthEstimator.from_folder(find_depth_model(args.models_dir, args.depth_model),
-                                               device=args.device)
-        annotator = DepthAnnotator(DepthConditioner(estimator, batch_size=args.batch_size))
+    annotator_args = dict(models_dir=args.models_dir, depth_model=args.depth_model, device=args.device,
+                          batch_size=args.batch_size)
+    clip_source = annotator = None
+    if getattr(args, "ray", None):
+        from ..farm.prepare import RayClipSource
+        clip_source = RayClipSource(args.videos_dir, args.out_dir, options, annotator_args,
+                                    address=None if args.ray is True else str(args.ray), workers=args.workers,
+                                    threads=args.threads)
     else:
-        from ..pose.dwpose import DWPoseDetector
-        annotator = PoseAnnotator(DWPoseDetector.from_models_dir(args.models_dir), options.task, options.size,
-                                  options.face_transform)
+        annotator = make_annotator(options.task, options.size, options.face_transform, **annotator_args)
     with tqdm(total=len(videos), unit="video", desc="preparing") as bar:
         def progress(source: str) -> None:
             bar.set_postfix_str(source[-40:])
             bar.update(1)
         try:
-            summary = prepare_dataset(args.videos_dir, args.out_dir, options, annotator=annotator, progress=progress)
+            summary = prepare_dataset(args.videos_dir, args.out_dir, options, annotator=annotator, progress=progress,
+                                      clip_source=clip_source)
         except DatasetError as error:
             return _fail(error)
         bar.update(bar.total - bar.n)

@@ -153,6 +153,17 @@ class DepthAnnotator(Annotator):
         return self.conditioner.render(frames), 0
 
 
+def make_annotator(task: str, size: tuple[int, int], face_transform: str, *, models_dir, depth_model=None,
+                   device=None, batch_size: int = 8) -> Annotator:
+    """The annotator of a task: DWPose landmarks/skeleton, or depth maps (the models load here)."""
+    if task == "depth":
+        from ..depth import DepthConditioner, DepthEstimator, find_depth_model
+        estimator = DepthEstimator.from_folder(find_depth_model(models_dir, depth_model), device=device)
+        return DepthAnnotator(DepthConditioner(estimator, batch_size=batch_size))
+    from ..pose.dwpose import DWPoseDetector
+    return PoseAnnotator(DWPoseDetector.from_models_dir(models_dir), task, size, face_transform)
+
+
 def face_translations(name: str):
     """The landmark transform applied before drawing training faces (default none: the training videos' own
     landmarks; see the README for why)."""
@@ -254,16 +265,69 @@ def _until_error(frames: Iterable[np.ndarray], failures: list[Exception]) -> Ite
         yield frame
 
 
-def prepare_dataset(videos_dir: str | os.PathLike, out_dir: str | os.PathLike, options: PrepareOptions, *,
-                    annotator: Annotator, progress: Callable[[str], None] | None = None) -> PrepareSummary:
-    """Prepare (or continue preparing) ``out_dir`` from the videos under ``videos_dir``."""
+@dataclass
+class SourceClips:
+    """What one video gives: its clips in order (``clips`` yields ("clip", index, start, frames, conditions,
+    window) or ("dropped", index)), then ``seen`` / ``failures`` / ``fps`` once the iterator is exhausted."""
+    clips: Iterator[tuple]
+    seen: int = 0
+    failures: list = field(default_factory=list)
+    fps: float | None = None
+
+
+def source_clips(path: Path, source: str, options: PrepareOptions, annotator: Annotator,
+                 resume_at: int = 0) -> SourceClips:
+    """The clips of one video, annotated, from clip ``resume_at`` on: the same work whether it runs here or on a
+    farm worker (``rain.farm.prepare``), so both give the same dataset."""
     from ..io import probe, read_frames
+
+    result = SourceClips(iter(()))
+    try:
+        result.fps = options.fps or probe(path).fps
+        frames = _until_error(read_frames(path, fps=options.fps), result.failures)
+    except Exception as failure:  # noqa: BLE001 - an unreadable video is skipped, whatever the decoder says
+        result.failures.append(failure)
+        frames = iter(())
+
+    def clips():
+        for clip_index, start, raw in candidate_clips(frames, options.clip_length, options.stride):
+            if options.max_clips_per_video is not None and clip_index >= options.max_clips_per_video:
+                break
+            result.seen = clip_index + 1
+            if clip_index < resume_at:
+                continue
+            window = crop_window(raw[0].shape[:2], options.size, options.crop,
+                                 clip_rng(options.seed, source, clip_index), options.min_crop_scale)
+            clip = [fit_frame(f, window, options.size) for f in raw]
+            conditions, missing = annotator.annotate(clip)
+            if missing > options.max_missing * options.clip_length:
+                yield ("dropped", clip_index)
+                continue
+            yield ("clip", clip_index, start, np.stack(clip), np.stack(conditions), list(window))
+
+    result.clips = clips()
+    return result
+
+
+#: ``clip_source(path, source, resume_at) -> SourceClips``: where a video's clips come from (here, or a worker).
+ClipSource = Callable[[Path, str, int], SourceClips]
+
+
+def prepare_dataset(videos_dir: str | os.PathLike, out_dir: str | os.PathLike, options: PrepareOptions, *,
+                    annotator: Annotator | None = None, progress: Callable[[str], None] | None = None,
+                    clip_source: ClipSource | None = None) -> PrepareSummary:
+    """Prepare (or continue preparing) ``out_dir`` from the videos under ``videos_dir``. The clips are computed
+    here with ``annotator``, or come from ``clip_source`` (farm workers); the shards are written here, in the
+    videos' order, so the dataset is the same either way."""
     from .data import ShardWriter
 
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     videos = find_videos(videos_dir)
     if not videos:
         raise FileNotFoundError(f"no videos in {videos_dir} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
+    if clip_source is None:
+        def clip_source(path, source, resume_at):
+            return source_clips(path, source, options, annotator, resume_at)
     manifest = open_manifest(out_dir, options)
     summary = PrepareSummary(out_dir, manifest)
     active: dict[str, _SourceProgress] = {}
@@ -287,30 +351,17 @@ def prepare_dataset(videos_dir: str | os.PathLike, out_dir: str | os.PathLike, o
         if progress is not None:
             progress(source)
         state = active[source] = _SourceProgress(record)
-        clips_seen, failures, fps = 0, [], None
-        try:
-            fps = options.fps or probe(path).fps
-            frames = _until_error(read_frames(path, fps=options.fps), failures)
-        except Exception as failure:  # noqa: BLE001 - an unreadable video is skipped, whatever the decoder says
-            failures.append(failure)
-            frames = iter(())
-        for clip_index, start, raw in candidate_clips(frames, options.clip_length, options.stride):
-            if options.max_clips_per_video is not None and clip_index >= options.max_clips_per_video:
-                break
-            clips_seen = clip_index + 1
-            if clip_index < state.resume_at:
+        found = clip_source(path, source, state.resume_at)
+        for event in found.clips:
+            if event[0] == "dropped":
+                state.dropped.append(event[1])
+                state.next_clip = event[1] + 1
                 continue
-            window = crop_window(raw[0].shape[:2], options.size, options.crop,
-                                 clip_rng(options.seed, source, clip_index), options.min_crop_scale)
-            clip = [fit_frame(f, window, options.size) for f in raw]
-            conditions, missing = annotator.annotate(clip)
-            if missing > options.max_missing * options.clip_length:
-                state.dropped.append(clip_index)
-                state.next_clip = clip_index + 1
-                continue
-            writer.add(np.stack(clip), np.stack(conditions), source=source, start_frame=start,
-                       clip_index=clip_index, crop=list(window))
-        error = f"{type(failures[0]).__name__}: {failures[0]}" if failures else None
+            _, clip_index, start, frames, conditions, window = event
+            writer.add(frames, conditions, source=source, start_frame=start, clip_index=clip_index, crop=window)
+        clips_seen, failures, fps = found.seen, found.failures, found.fps
+        error = f"{type(failures[0]).__name__}: {failures[0]}" if failures and isinstance(failures[0], BaseException) \
+            else (failures[0] if failures else None)
         if error:
             log.warning("%s: %s", source, error)
         writer.flush()
