@@ -358,3 +358,36 @@ def test_batch_render_node_renders_a_folder_cancels_with_states_saved_and_contin
     assert {e["status"] for e in again["jobs"]} == {"skipped"}       # finished videos are not rendered again
     with pytest.raises(ValueError, match="outside|absolute|'..'"):
         node().render(**node_inputs(driving_folder="../elsewhere"))
+
+
+def test_a_worker_that_cannot_see_an_input_says_so(farm, tmp_path):
+    """Checked by the driver, gone when the worker starts (a path only the driver's machine has)."""
+    root, models = farm
+    video = tmp_path / "only-here.mp4"
+    video.write_bytes((root / "short.mp4").read_bytes())
+    path = job_file(tmp_path, "gone", [{"reference": str(root / "ref.png"), "driving": "only-here.mp4",
+                                        "output": "gone/out/"}])
+    listed = load_jobs(path, defaults(models))
+    video.unlink()
+    (entry,) = run_batch(listed, threads=1).entries
+    assert entry["status"] == "failed" and "only-here.mp4" in entry["error"]
+    assert "every worker" in entry["error"] and "same path" in entry["error"]
+
+
+def test_a_job_that_keeps_killing_its_workers_is_given_up(farm, ray_cluster, tmp_path):
+    root, models = farm
+    path = job_file(tmp_path, "deadly", [{"reference": str(root / "ref.png"), "driving": str(root / "long.mp4"),
+                                          "output": "deadly/out/"}])
+    kills = []
+
+    def kill_every_worker(state):
+        for update in state.running.values():
+            if update["pid"] not in kills:
+                kills.append(update["pid"])
+                os.kill(update["pid"], signal.SIGKILL)
+
+    result = run_batch(load_jobs(path, defaults(models)), ray_address=True, workers=1, threads=1, max_tries=2,
+                       on_progress=kill_every_worker)
+    (entry,) = result.entries
+    assert len(kills) == 2 and entry["status"] == "failed" and entry["tries"] == 2
+    assert "died 2 times" in entry["error"] and result.exit_code == 1
