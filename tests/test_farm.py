@@ -238,17 +238,20 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_to_equal_frames
     np.testing.assert_array_equal(frames_of(root / "killed" / "long"), plain_renders["long"])
 
 
-def test_ctrl_c_on_the_driver_saves_every_running_job_and_the_rerun_continues(farm, plain_renders, tmp_path):
-    pytest.importorskip("ray", reason="the farm's Ray tests need ray (requirements-test.txt)")
+@pytest.mark.parametrize("where", [["--ray", "--workers", "1"], []], ids=["ray", "in-process"])
+def test_ctrl_c_on_the_driver_saves_every_running_job_and_the_rerun_continues(farm, plain_renders, tmp_path, where):
+    if where:
+        pytest.importorskip("ray", reason="the farm's Ray tests need ray (requirements-test.txt)")
     root, models = farm
-    path = job_file(root, "sigint", [{"reference": "ref.png", "driving": "long.mp4", "output": "sigint/long/",
-                                      "seed": 2}])
-    report = root / "sigint-report.json"
-    command = [sys.executable, "-m", "rain", "batch", str(path), "--models-dir", str(models), *FAST,
-               "--ray", "--workers", "1", "--threads", "1", "--report", str(report)]
+    tag = f"sigint-{'ray' if where else 'local'}"
+    path = job_file(root, tag, [{"reference": "ref.png", "driving": "long.mp4", "output": f"{tag}/long/",
+                                 "seed": 2}])
+    report = root / f"{tag}-report.json"
+    command = [sys.executable, "-m", "rain", "batch", str(path), "--models-dir", str(models), *FAST, *where,
+               "--threads", "1", "--report", str(report)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    state = root / "sigint" / "long.resume" / "state.json"
+    state = root / tag / "long.resume" / "state.json"
     deadline = time.monotonic() + 240
     while not state.exists() and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -263,7 +266,7 @@ def test_ctrl_c_on_the_driver_saves_every_running_job_and_the_rerun_continues(fa
     assert again.returncode == 0, again.stdout + again.stderr
     finished = json.loads(report.read_text(encoding="utf-8"))["jobs"][0]
     assert finished["status"] == "done" and finished["resumed_from"] > 0
-    np.testing.assert_array_equal(frames_of(root / "sigint" / "long"), plain_renders["long"])
+    np.testing.assert_array_equal(frames_of(root / tag / "long"), plain_renders["long"])
 
 
 def test_prepare_data_on_ray_workers_equals_the_local_run(ray_cluster, tmp_path):
