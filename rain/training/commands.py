@@ -49,10 +49,11 @@ def add_parsers(commands, *, size_type, models_dir_default: str) -> None:
     prepare.add_argument("--device", default=None, help="depth model device (default: cuda when available)")
     prepare.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
                          help="spread the videos over Ray workers (the render farm's): alone, a local cluster; with "
-                              "an address, that cluster. The dataset equals the one prepared here")
+                              "an address, that cluster. The dataset equals the one prepared here (default: no Ray, this process)")
     prepare.add_argument("--workers", type=int, default=None,
                          help="with --ray: workers (default: one per GPU, else one per --threads CPU cores)")
-    prepare.add_argument("--threads", type=int, default=None, help="with --ray: torch threads per CPU worker")
+    prepare.add_argument("--threads", type=int, default=None,
+                         help="with --ray: torch threads per CPU worker (default: 1)")
     prepare.add_argument("--batch-size", type=int, default=8, help="depth frames per estimator call")
     prepare.add_argument("--clips-per-shard", type=int, default=64, help="clips stored per shard file")
     prepare.add_argument("--seed", type=int, default=0, help="random crops")
