@@ -23,6 +23,8 @@ def add_animate_arguments(parser, *, batch_defaults: bool = False) -> None:
         if batch_defaults:
             options.pop("required", None)
             options["default"] = argparse.SUPPRESS
+            options["help"] = ((options.get("help") or "as for animate") +
+                               " (default for every job; default: the job's own column, else animate's default)")
         parser.add_argument(*names, **options)
 
     add("--models-dir", default=DEFAULT_MODELS_DIR)

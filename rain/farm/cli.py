@@ -32,7 +32,7 @@ def add_parser(commands) -> None:
                        help="torch threads per CPU worker (default: half the cores with Ray, torch's choice without)")
     batch.add_argument("--report", default=None, metavar="FILE",
                        help="write a JSON report: per job status, frames, seconds, frames/s, node and GPU, what it "
-                            "resumed from, the error")
+                            "resumed from, the error (default: none; the summary table is printed either way)")
     batch.add_argument("--max-tries", type=int, default=3,
                        help="give a job up after its worker died this many times")
     add_animate_arguments(batch.add_argument_group("animate options (the defaults of every job)"),
