@@ -49,6 +49,9 @@ def workspace(tmp_path_factory, tiny_models_dir):
     from rain.training.data import write_synthetic_dataset
     root = tmp_path_factory.mktemp("distributed")
     write_synthetic_dataset(root / "data", clips=6, clip_length=8, size=(64, 64))
+    manifest = root / "data" / "manifest.json"    # as if prepared with --task depth: the export records it
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace('"task": "synthetic"', '"task": "depth"'),
+                        encoding="utf-8")
     shutil.copytree(tiny_models_dir, root / "models")
     return root
 
@@ -164,3 +167,25 @@ def test_ctrl_c_saves_a_consistent_point_and_the_resumed_weights_are_bit_identic
     resumed = weights(root, name)
     assert all(torch.equal(reference[k], resumed[k]) for k in reference), where
     assert losses(out) == losses(root / ("one" if processes == 1 else "two"))
+
+
+def test_the_exported_set_says_what_it_is_and_the_loaders_read_it(references, caplog):
+    from argparse import Namespace
+
+    from rain.animate import frame_size
+    from rain.live.standalone import native_size
+    from rain.model_set import read_declaration
+    export = references / "one" / "model"
+    declaration = read_declaration(export / "motion_unet.safetensors")
+    assert declaration.native_size == (64, 64) and declaration.task == "depth" and declaration.stage == "stage1"
+    recorded = (export / "rain_model_set.json").read_text(encoding="utf-8")
+    assert '"training"' in recorded and '"micro_batch_size": 1' in recorded and '"step": 4' in recorded
+    notes = []
+    info = Namespace(height=240, width=320)
+    args = Namespace(models_dir=export, task="face", size=None)
+    assert frame_size(args, info, notes) == (64, 64)          # animate renders at the trained size
+    assert any("trained for 'depth'" in note for note in notes)
+    assert frame_size(Namespace(models_dir=export, task="depth", size=None), info, []) == (64, 64)
+    with caplog.at_level("WARNING"):
+        assert native_size(export, "body") == (64, 64)       # rain live too
+    assert "trained for 'depth'" in caplog.text

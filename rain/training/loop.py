@@ -328,10 +328,20 @@ def _rescale_scheduler(scheduler, optimizer, steps: int) -> None:
 
 
 def _export(config: TrainingConfig, stage, step: int) -> Path:
+    """The set in the released layout, and ``rain_model_set.json`` saying what it is: the size and task of the
+    data it was trained on, the stage, the training config (every loader reads it)."""
+    from ..model_set import write_declaration
+    from .data import Manifest
     dtype = torch.float16 if config.models.export_dtype == "fp16" else torch.float32
     metadata = {"stage": config.stage, "step": step, "of_steps": config.train.steps, "dataset": config.dataset,
                 "init": config.models.init or config.models.sd_unet, "teacher": config.models.teacher}
-    return stage.export(config.export_dir, metadata, dtype)
+    folder = stage.export(config.export_dir, metadata, dtype)
+    manifest = Manifest.read(config.dataset)
+    task = manifest.task if manifest.task in ("face", "body", "depth") else None
+    write_declaration(Path(folder) / "motion_unet.safetensors", native_size=tuple(manifest.size),
+                      reduced_random_weights=False, task=task, stage=config.stage,
+                      training={**config.to_dict(), "step": step})
+    return folder
 
 
 class _Preview:
