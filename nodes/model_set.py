@@ -48,3 +48,13 @@ def fit_pose(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     chw = frame.permute(2, 0, 1)[None].float()
     resized = F.interpolate(chw, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
     return resized[0].permute(1, 2, 0).clamp(0, 1)
+
+
+def warn_task(rain_model, task: str, node: str) -> None:
+    """Log once when the set was trained for other conditions than the node draws (its declaration says)."""
+    declaration = declaration_of(rain_model)
+    message = declaration.check_task(task, node) if declaration is not None else None
+    key = ("task", str(getattr(declaration, "path", "")), node, task)
+    if message and key not in _said:
+        _said.add(key)
+        log.warning("%s", message)

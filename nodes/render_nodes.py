@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import calibration, host
+from . import calibration, host, model_set
 from .model_nodes import RAIN_MODEL, RAIN_REFERENCE, _pil
 from .pose_nodes import MISSING_POLICIES, PROVIDERS, _onnx_choices, get_detector
 
@@ -154,6 +154,7 @@ class RainRenderVideo:
             raise ValueError("This reference was fused with another RAIN model: connect the same Load RAIN Model "
                              "node to Fuse RAIN Reference and to RAIN Render Video.")
         kind = TASKS[task]
+        model_set.warn_task(rain_model, kind, "RAIN Render Video")
         path = (host.video_source_path(driving_video,
                                           host.safe_file_name(f"rain_render_{unique_id or 'input'}.mp4"))
                 if driving_video is not None else host.input_file_path(video))

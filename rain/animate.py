@@ -125,6 +125,9 @@ def frame_size(args: Namespace, info, notes: list[str]) -> tuple[int, int]:
     from .model_set import read_declaration
 
     declaration = read_declaration(weights.find_weight(args.models_dir, "motion_unet"))
+    mismatch = declaration.check_task(args.task, "--task") if declaration is not None else None
+    if mismatch:
+        notes.append(mismatch)
     if declaration is not None and declaration.reduced_random_weights:
         log.warning("%s holds reduced random weights (make-tiny-models): the output is structured noise that "
                     "follows the pose, not the character", args.models_dir)

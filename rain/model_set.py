@@ -8,7 +8,9 @@ random weights, so the CLI and the nodes can follow it instead of the sizes a wo
 
 ``native_size``: the frame size the set is meant to run at; a request of another size is scaled to about
 that many pixels, keeping its aspect (``fit``), and said so. ``reduced_random_weights``: the weights are random stand-ins, their output is structured noise.
-``denoiser``: the file described; when real weights replace it, the declaration no longer applies and is
+A set a training run exports also says what it is: ``"task": "depth", "stage": "distill3d", "training": {…}``
+(the dataset's frame size is its ``native_size``); loaders warn when a run draws other conditions than it was
+trained on. ``denoiser``: the file described; when real weights replace it, the declaration no longer applies and is
 ignored (with a warning), so it can never shrink a real model's frames.
 """
 
@@ -36,6 +38,17 @@ class ModelSetDeclaration:
     path: Path
     native_size: tuple[int, int] | None = None   # (height, width)
     reduced_random_weights: bool = False
+    task: str | None = None                      # what a trained set was trained on: face, body or depth
+    stage: str | None = None                     # the training stage that exported it
+
+    def check_task(self, task: str, where: str) -> str | None:
+        """A warning when ``task`` (face / body / depth; pose images fit any set) is not what the set was trained
+        on, or None."""
+        if self.task is None or task in (None, "pose") or task == self.task:
+            return None
+        return (f"{where}: the model set {self.path.parent} was trained for '{self.task}' conditions "
+                f"({self.path.name}), but this run draws '{task}' conditions; the output will not follow them "
+                f"well. Pick the set trained for {task}, or the task '{self.task}'.")
 
     def describe_size(self) -> str:
         return "" if self.native_size is None else f"{self.native_size[1]}×{self.native_size[0]}"
@@ -97,18 +110,30 @@ def read_declaration(denoiser: str | os.PathLike | None) -> ModelSetDeclaration 
             raise ModelSetDeclarationError(f"{path}: native_size {width}×{height} is not a RAIN frame size "
                                            f"(multiples of 8, at least 64). {fix}")
         native = (height, width)
-    return ModelSetDeclaration(path, native, bool(data.get("reduced_random_weights", False)))
+    task = data.get("task") if isinstance(data.get("task"), str) else None
+    stage = data.get("stage") if isinstance(data.get("stage"), str) else None
+    return ModelSetDeclaration(path, native, bool(data.get("reduced_random_weights", False)), task, stage)
 
 
 def write_declaration(denoiser: str | os.PathLike, *, native_size: tuple[int, int] | None,
-                      reduced_random_weights: bool) -> Path:
-    """Write ``rain_model_set.json`` next to the denoiser file it describes; ``native_size`` is (height, width)."""
+                      reduced_random_weights: bool, task: str | None = None, stage: str | None = None,
+                      training: dict | None = None) -> Path:
+    """Write ``rain_model_set.json`` next to the denoiser file it describes; ``native_size`` is (height, width).
+    A trained set also records its ``task``, the ``stage`` that exported it and the ``training`` config."""
     denoiser = Path(denoiser)
     data: dict = {}
     if native_size is not None:
         data["native_size"] = {"width": int(native_size[1]), "height": int(native_size[0])}
     data["reduced_random_weights"] = bool(reduced_random_weights)
+    if task is not None:
+        data["task"] = task
+    if stage is not None:
+        data["stage"] = stage
+    if training is not None:
+        data["training"] = training
     data["denoiser"] = {"file": denoiser.name, "bytes": denoiser.stat().st_size}
     path = declaration_path(denoiser)
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    os.replace(partial, path)
     return path

@@ -251,3 +251,28 @@ def test_not_a_folder_and_not_an_empty_output(videos, models, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
     shutil.rmtree(tmp_path / "busy")
+
+
+def test_only_bad_videos_fail_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import rain.training.prepare as prepare
+    monkeypatch.setattr(prepare, "make_annotator", lambda *a, **k: pytest.fail("a model was loaded"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
+    (bad / "empty.mkv").write_bytes(b"")
+    assert main(["prepare-data", str(bad), str(tmp_path / "out"), "--task", "depth",
+                 "--models-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "none of the 2 videos" in error and "broken.mp4" in error and "empty.mkv" in error
+    assert "no model was loaded" in error
+
+
+def test_nothing_usable_prepared_exits_non_zero(tmp_path, capsys):
+    from rain.devtools import write_tiny_depth_model
+    short = tmp_path / "short"
+    write_video(short / "a.mp4", 3, (48, 48))              # readable, but shorter than one clip
+    write_tiny_depth_model(tmp_path / "models" / "depth_estimator")
+    assert main(["prepare-data", str(short), str(tmp_path / "out"), "--task", "depth", "--size", "32",
+                 "--clip-length", "8", "--models-dir", str(tmp_path / "models"), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "nothing usable was prepared" in captured.err and "shorter than one clip" in captured.out

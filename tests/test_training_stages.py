@@ -76,7 +76,7 @@ def held_out_loss(config, init, samples=4):
     model = stage.build()
     data = stage.dataset()
     with torch.no_grad():
-        losses = [stage.loss(model, default_collate([data[HELD_OUT + i]]), micro_batch_generator(99, i, 0),
+        losses = [stage.loss(model, default_collate([data[HELD_OUT + i]]), micro_batch_generator(99, i),
                              contextlib.nullcontext).item() for i in range(samples)]
     return float(np.mean(losses))
 
@@ -308,7 +308,7 @@ def window_distance(config, student_dir, samples=1):
     losses = []
     with torch.no_grad():
         for i, batch in enumerate(windows):
-            generator = micro_batch_generator(98, i, 0)
+            generator = micro_batch_generator(98, i)
             latents = stage.encoders.latents(batch["frames"], generator)
             context = stage.encoders.context(batch["clip_reference"])
             features = stage.models.reference_unet.reference_features(

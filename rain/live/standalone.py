@@ -80,7 +80,8 @@ def build_session(args):
 
     # Everything that needs no model first, with the reader animate uses (EXIF, 16-bit, empty, too small).
     reference_image = load_reference(args.reference)
-    height, width = args.size or native_size(args.models_dir)
+    declared = native_size(args.models_dir, args.task)
+    height, width = args.size or declared
     check_size(height, width)
     settings = LiveSettings(StreamSettings(frames_per_group=args.frames_per_group, num_groups=args.groups,
                                            steps_per_group=args.steps_per_group, guidance_scale=args.guidance,
@@ -102,17 +103,21 @@ def build_session(args):
     return LiveSession(pipeline, reference, task, settings, session_id="live")
 
 
-def native_size(models_dir) -> tuple[int, int]:
-    """(height, width) the model set declares (make-tiny-models' sets: 128²), else 512×512 as trained."""
+def native_size(models_dir, task: str | None = None) -> tuple[int, int]:
+    """(height, width) the model set declares (a trained set: its data's size; make-tiny-models' sets: 128²), else
+    512×512 as trained; warns when the set was trained for other conditions than ``task``."""
     from .. import weights
     from ..model_set import read_declaration
     try:
         declaration = read_declaration(weights.find_weight(models_dir, "motion_unet"))
     except (weights.WeightsError, FileNotFoundError):
         declaration = None   # the model load that follows names what is missing
-    if declaration is not None and declaration.native_size is not None:
-        return declaration.native_size
-    return (512, 512)
+    if declaration is None:
+        return (512, 512)
+    mismatch = declaration.check_task(task, "--task")
+    if mismatch:
+        log.warning("%s", mismatch)
+    return declaration.native_size or (512, 512)
 
 
 def build_app(routes):

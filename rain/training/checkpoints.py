@@ -36,10 +36,20 @@ class CheckpointError(RuntimeError):
 @dataclass
 class Progress:
     step: int = 0               # optimizer steps done
-    micro_batches: int = 0      # micro-batches this process has consumed (the data position)
+    micro_batches: int = 0      # micro-batches consumed by all processes together (the global data position)
+    world: int = 1              # processes that wrote it (a run may resume with another number)
 
     def to_json(self) -> dict:
-        return {"step": self.step, "micro_batches": self.micro_batches}
+        return {"step": self.step, "micro_batches": self.micro_batches, "world": self.world}
+
+    def local_start(self, world: int) -> int:
+        """The micro-batch each of ``world`` processes continues from (checkpoints sit at optimizer steps, where
+        the global position is a multiple of every process count that divides the batch)."""
+        if self.micro_batches % world:
+            raise CheckpointError(f"the checkpoint's data position ({self.micro_batches} micro-batches) is not "
+                                  f"a multiple of {world} processes; resume with a process count that divides "
+                                  f"[train] batch_size / micro_batch_size")
+        return self.micro_batches // world
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
@@ -133,7 +143,10 @@ def load_checkpoint(accelerator, folder: Path) -> tuple[Progress, dict, dict[str
     data = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))
     accelerator.load_state(str(folder))
     extra = load_file(str(folder / EXTRA)) if (folder / EXTRA).is_file() else {}
-    return Progress(step=int(data["step"]), micro_batches=int(data["micro_batches"])), data.get("config", {}), extra
+    # Checkpoints from before "world" was recorded were written by one process: its count is the global one.
+    progress = Progress(step=int(data["step"]), micro_batches=int(data["micro_batches"]),
+                        world=int(data.get("world", 1)))
+    return progress, data.get("config", {}), extra
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -39,6 +39,8 @@ def run(args) -> int:
         result = train(config, stop_after=args.stop_after, show_progress=not args.no_progress)
     except (DatasetError, CheckpointError) as error:
         raise ValueError(str(error)) from None
+    if not result.main_process:
+        return 0   # one summary, from the main process
     if result.step >= config.train.steps:
         print(f"{config.stage} done at step {result.step}: the trained set is in {result.export_dir}")
     else:

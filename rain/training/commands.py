@@ -109,6 +109,13 @@ def run_prepare_data(args: argparse.Namespace) -> int:
         open_manifest(args.out_dir, options)
     except DatasetError as error:
         return _fail(error)
+    unreadable = _unreadable(videos)
+    if videos and len(unreadable) == len(videos):
+        listed = "\n".join(f"  {path}: {reason}" for path, reason in unreadable.items())
+        print(f"error: none of the {len(videos)} videos in {args.videos_dir} can be read, so nothing would be "
+              f"prepared (no model was loaded):\n{listed}\nConvert them to MP4 (H.264) or use other copies.",
+              file=sys.stderr)
+        return 2
     annotator_args = dict(models_dir=args.models_dir, depth_model=args.depth_model, device=args.device,
                           batch_size=args.batch_size)
     clip_source = annotator = None
@@ -130,7 +137,24 @@ def run_prepare_data(args: argparse.Namespace) -> int:
             return _fail(error)
         bar.update(bar.total - bar.n)
     print("\n".join(summary.lines()))
+    if not summary.prepared and not summary.already_done:
+        print(f"error: nothing usable was prepared in {args.out_dir}: every video was skipped (see above)",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _unreadable(videos) -> dict:
+    """{video: why} for the videos that do not open (a header probe: no frame is decoded, no model loaded)."""
+    from ..io import probe
+    from ..messages import describe_error
+    found = {}
+    for path in videos:
+        try:
+            probe(path)
+        except Exception as error:  # noqa: BLE001 - PyAV and our reader raise different types
+            found[path] = describe_error(error)
+    return found
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -1,13 +1,17 @@
 """The loop every stage shares, on Hugging Face Accelerate.
 
-One process trains on one GPU (or the CPU); ``accelerate launch`` runs the same code on several GPUs or machines:
-each process reads its own share of the sample stream and Accelerate averages the gradients. A step is
-``batch_size`` samples: ``micro_batch_size`` per process per forward pass, accumulated as often as needed.
+One process trains on one GPU (or the CPU); ``accelerate launch`` or ``torchrun`` run the same code on several GPUs,
+machines or CPU processes (without a GPU the processes form a CPU/gloo group): each process reads its own share of
+the sample stream and the gradients are averaged. A step is ``batch_size`` samples: ``micro_batch_size`` per process
+per forward pass, accumulated as often as needed.
 
-Every random draw is reproducible from the seed: the data from (seed, position) (``datasets``), the noise,
-timesteps, dropout and guidance scales of micro-batch b from a generator seeded with (seed, b, process). With the
-optimizer, scheduler, RNG and EMA state in the checkpoint, a resumed run continues the loss curve of an
-uninterrupted one (exactly, in float32 on the CPU).
+Every random draw is keyed by the *global* micro-batch index g (micro-batch b of process r of N is g = b·N + r):
+the data from (seed, position) (``datasets``), the noise, timesteps, dropout and guidance scales of micro-batch g
+from a generator seeded with (seed, g). So one process accumulating k micro-batches and k processes with one each
+see the same samples and noise and reach the same weights (up to float32 reduction order). With the optimizer,
+scheduler, RNG and EMA state in the checkpoint, a resumed run — with the same or another number of processes —
+continues the loss curve of an uninterrupted one (exactly, in float32 on the CPU). Ctrl+C (SIGINT or SIGTERM, to
+the launcher or to any process) finishes the optimizer step under way on every process, saves there and exits.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import contextlib
 import csv
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +50,7 @@ class TrainingResult:
     export_dir: Path | None = None
     checkpoint: Path | None = None
     samples: list[Path] = field(default_factory=list)
+    main_process: bool = True        # False on the other processes of a multi-process run (they print nothing)
 
 
 def make_stage(config: TrainingConfig, device: torch.device, weight_dtype: torch.dtype):
@@ -79,9 +87,50 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainingConfig)
     return torch.optim.AdamW(parameters, **options)
 
 
-def micro_batch_generator(seed: int, micro_batch: int, rank: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, 2, micro_batch, rank]).generate_state(2, dtype=np.uint32)
+def micro_batch_generator(seed: int, micro_batch: int) -> torch.Generator:
+    """The generator of global micro-batch ``micro_batch`` (whichever process computes it)."""
+    state = np.random.SeedSequence([seed, 2, micro_batch, 0]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def launched_processes() -> int:
+    """Processes a launcher (torchrun, accelerate launch, mpirun) started, from its environment."""
+    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def use_cpu_group() -> bool:
+    """Several processes and no GPU: they must form one CPU (gloo) group. Accelerate does so only when told
+    (cpu=True); otherwise each process would train alone (``--multi_gpu``) or the launch would fail (torchrun)."""
+    return launched_processes() > 1 and not torch.cuda.is_available()
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag instead of raising where they land: the loop finishes the optimizer step under
+    way, every process agrees to stop at the same step (one of them may have been signalled alone), saves there
+    and exits — a consistent point, even in the middle of an accumulation."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:   # a second Ctrl+C: stop now, without saving
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -126,14 +175,15 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
-    world = PartialState().num_processes
+    cpu = use_cpu_group()
+    world = PartialState(cpu=cpu).num_processes
     accumulation = accumulation_steps(config, world)
     mixed_precision = resolve_mixed_precision(config.train.mixed_precision)
     output_dir = Path(config.output_dir)
     trackers = "tensorboard" if is_tensorboard_available() else None
     # Stage 1 steps without a reference leave the reference UNet without gradients; DDP must then look for them.
     find_unused = config.stage == "stage1" and config.data.uncond_ratio > 0
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation,
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation,
                               log_with=trackers, project_dir=str(output_dir),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
     main = accelerator.is_main_process
@@ -155,18 +205,25 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     register_hooks(accelerator)
 
-    progress = Progress()
+    progress = Progress(world=world)
     config_dict = config.to_dict()
     resume_from = resolve_resume(output_dir, config.resume)
     if resume_from is not None:
         progress, saved_config, extra = load_checkpoint(accelerator, resume_from)
         stage.load_extra_state(extra)
+        if progress.world != world:
+            # The prepared scheduler steps once per process per optimizer step: recount for this many processes.
+            _rescale_scheduler(scheduler, optimizer, progress.step * world)
+            if main:
+                log.info("resuming a run of %d process(es) with %d", progress.world, world)
+            progress.world = world
         changes = [c for c in config_changes(saved_config, config_dict) if not c.startswith(RESUMABLE_CHANGES)]
         if changes and main:
             log.warning("resuming %s with a changed configuration: %s", resume_from, "; ".join(changes))
         if main:
             log.info("resuming from %s (step %d)", resume_from, progress.step)
-    result = TrainingResult(first_step=progress.step, step=progress.step, export_dir=config.export_dir)
+    result = TrainingResult(first_step=progress.step, step=progress.step, export_dir=config.export_dir,
+                            main_process=main)
     if trackers:
         accelerator.init_trackers(f"rain-{config.stage}", config={k: v if isinstance(v, (int, float, str, bool))
                                                                   else str(v) for k, v in _flat(config_dict).items()})
@@ -178,8 +235,10 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
         accelerator.end_training()
         return result
 
-    loader = make_loader(stage.dataset(), config.train.micro_batch_size, start=progress.micro_batches,
-                         rank=accelerator.process_index, world=world, num_workers=config.train.num_workers)
+    local = progress.local_start(world)    # this process's next micro-batch
+    rank = accelerator.process_index
+    loader = make_loader(stage.dataset(), config.train.micro_batch_size, start=local,
+                         rank=rank, world=world, num_workers=config.train.num_workers)
     preview = _Preview(config, stage, accelerator) if config.samples.every and main else None
     bar = tqdm(total=config.train.steps, initial=progress.step, desc=config.stage, unit="step",
                disable=not (main and show_progress), dynamic_ncols=True)
@@ -193,64 +252,96 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
         if main:
             _export(config, stage, progress.step)
 
-    try:
-        for batch in loader:
-            generator = micro_batch_generator(config.seed, progress.micro_batches, accelerator.process_index)
-            with accelerator.accumulate(model):
-                loss = stage.loss(model, batch, generator, accelerator.autocast)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(parameters, config.train.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            progress.micro_batches += 1
-            window_loss += loss.detach().float().item()
-            window_count += 1
-            if not accelerator.sync_gradients:
-                continue
+    stop = StopRequest()
+    stopped = False
+    with stop:
+        try:
+            for batch in loader:
+                generator = micro_batch_generator(config.seed, local * world + rank)
+                with accelerator.accumulate(model):
+                    loss = stage.loss(model, batch, generator, accelerator.autocast)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.train.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(parameters, config.train.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                local += 1
+                progress.micro_batches = local * world
+                window_loss += loss.detach().float().item()
+                window_count += 1
+                if not accelerator.sync_gradients:
+                    continue
 
-            progress.step += 1
-            stage.after_optimizer_step()
-            step_loss = accelerator.reduce(torch.tensor(window_loss / window_count, device=accelerator.device),
-                                           "mean").item()
-            window_loss, window_count = 0.0, 0
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"the loss became {step_loss} at step {progress.step}; lower [train] "
-                                         f"learning_rate or use bf16 instead of fp16, and resume from the last "
-                                         f"checkpoint in {output_dir / 'checkpoints'}")
-            result.losses.append(step_loss)
-            result.step = progress.step
-            learning_rate = scheduler.get_last_lr()[0]
-            loss_log.add(progress.step, step_loss, learning_rate, time.perf_counter() - started)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{learning_rate:.2g}")
-            if trackers and progress.step % config.train.log_every == 0:
-                accelerator.log({"loss": step_loss, "lr": learning_rate}, step=progress.step)
-            if progress.step % config.train.checkpoint_every == 0 or progress.step >= last_step:
-                checkpoint()
-            if preview is not None and progress.step % config.samples.every == 0:
-                result.samples.append(preview.render(progress.step))
-            if progress.step >= last_step:
-                break
-    except KeyboardInterrupt:
-        # Between two optimizer steps the state is whole: keep it, so the same command continues from here.
-        if world == 1 and progress.micro_batches % accumulation == 0 and progress.step > result.first_step:
-            checkpoint()
-            print(f"\ninterrupted at step {progress.step}; saved {result.checkpoint}; run the same command to "
-                  f"continue")
-        raise
-    finally:
-        bar.close()
-        accelerator.end_training()
+                progress.step += 1
+                stage.after_optimizer_step()
+                step_loss = accelerator.reduce(torch.tensor(window_loss / window_count, device=accelerator.device),
+                                               "mean").item()
+                window_loss, window_count = 0.0, 0
+                if not math.isfinite(step_loss):
+                    raise FloatingPointError(f"the loss became {step_loss} at step {progress.step}; lower [train] "
+                                             f"learning_rate or use bf16 instead of fp16, and resume from the last "
+                                             f"checkpoint in {output_dir / 'checkpoints'}")
+                result.losses.append(step_loss)
+                result.step = progress.step
+                learning_rate = scheduler.get_last_lr()[0]
+                loss_log.add(progress.step, step_loss, learning_rate, time.perf_counter() - started)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{learning_rate:.2g}")
+                if trackers and progress.step % config.train.log_every == 0:
+                    accelerator.log({"loss": step_loss, "lr": learning_rate}, step=progress.step)
+                stopping = _agree(accelerator, stop.requested, world)
+                if progress.step % config.train.checkpoint_every == 0 or progress.step >= last_step or stopping:
+                    checkpoint()
+                if stopping:
+                    stopped = True
+                    if main:
+                        print(f"\ninterrupted at step {progress.step}; saved {result.checkpoint}; run the same command "
+                              f"to continue", flush=True)
+                    break
+                if preview is not None and progress.step % config.samples.every == 0:
+                    result.samples.append(preview.render(progress.step))
+                if progress.step >= last_step:
+                    break
+        finally:
+            bar.close()
+            accelerator.end_training()
+    if stopped:
+        raise KeyboardInterrupt(f"stopped at step {progress.step}; saved {result.checkpoint}")
     return result
 
 
+def _agree(accelerator, requested: bool, world: int) -> bool:
+    """Whether any process was asked to stop (all of them then stop at this same step)."""
+    if world == 1:
+        return requested
+    flag = torch.tensor([1.0 if requested else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "max").item() > 0)
+
+
+def _rescale_scheduler(scheduler, optimizer, steps: int) -> None:
+    inner = getattr(scheduler, "scheduler", scheduler)
+    inner.last_epoch = steps
+    for group, rate in zip(optimizer.param_groups, inner.get_lr() if hasattr(inner, "get_lr") else []):
+        group["lr"] = rate
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def _export(config: TrainingConfig, stage, step: int) -> Path:
+    """The set in the released layout, and ``rain_model_set.json`` saying what it is: the size and task of the
+    data it was trained on, the stage, the training config (every loader reads it)."""
+    from ..model_set import write_declaration
+    from .data import Manifest
     dtype = torch.float16 if config.models.export_dtype == "fp16" else torch.float32
     metadata = {"stage": config.stage, "step": step, "of_steps": config.train.steps, "dataset": config.dataset,
                 "init": config.models.init or config.models.sd_unet, "teacher": config.models.teacher}
-    return stage.export(config.export_dir, metadata, dtype)
+    folder = stage.export(config.export_dir, metadata, dtype)
+    manifest = Manifest.read(config.dataset)
+    task = manifest.task if manifest.task in ("face", "body", "depth") else None
+    write_declaration(Path(folder) / "motion_unet.safetensors", native_size=tuple(manifest.size),
+                      reduced_random_weights=False, task=task, stage=config.stage,
+                      training={**config.to_dict(), "step": step})
+    return folder
 
 
 class _Preview:

@@ -1,0 +1,191 @@
+"""Training on several processes, for real: `torchrun` and `accelerate launch` with 2 CPU processes (gloo), tiny
+models, a synthetic dataset. 2 processes equal 1 process with accumulation; a run resumes with 2 or 1 processes;
+Ctrl+C in the middle of an accumulation or at a step boundary, on 1 process or on one rank of 2, saves at a
+consistent point and the resumed run ends with bit-identical weights."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve().parent / "distributed_train.py"
+STEPS = 4
+
+
+def config_text(root: Path, output: Path, steps: int = STEPS) -> str:
+    return f'''stage = "stage1"
+dataset = "{(root / 'data').as_posix()}"
+output_dir = "{output.as_posix()}"
+seed = 7
+[models]
+init = "{(root / 'models').as_posix()}"
+shared = "{(root / 'models').as_posix()}"
+export_dir = "{(output / 'model').as_posix()}"
+[train]
+steps = {steps}
+batch_size = 4
+micro_batch_size = 1
+learning_rate = 1e-3
+num_workers = 0
+checkpoint_every = 2
+mixed_precision = "no"
+[data]
+frames_per_group = 1
+num_groups = 4
+[samples]
+every = 0
+'''
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_models_dir):
+    from rain.training.data import write_synthetic_dataset
+    root = tmp_path_factory.mktemp("distributed")
+    write_synthetic_dataset(root / "data", clips=6, clip_length=8, size=(64, 64))
+    manifest = root / "data" / "manifest.json"    # as if prepared with --task depth: the export records it
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace('"task": "synthetic"', '"task": "depth"'),
+                        encoding="utf-8")
+    shutil.copytree(tiny_models_dir, root / "models")
+    return root
+
+
+def env() -> dict:
+    path = os.pathsep.join(p for p in (str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def launch(root: Path, name: str, processes: int, *, launcher: str = "torchrun", extra=(), hooks=None,
+           output: str | None = None) -> tuple[int, Path, str]:
+    """Run the tiny stage 1 as ``name`` on ``processes`` processes; (exit code, output folder, console)."""
+    out = root / (output or name)
+    config = root / f"{name}.toml"
+    config.write_text(config_text(root, out), encoding="utf-8")
+    if processes == 1:
+        command = [sys.executable, str(SCRIPT)]
+    elif launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   "--master_port", str(29500 + abs(hash(name)) % 2000), str(SCRIPT)]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(31500 + abs(hash(name)) % 2000), str(SCRIPT)]
+    variables = {**env(), "RAIN_TEST_WEIGHTS": str(root / "weights" / name), **(hooks or {})}
+    done = subprocess.run([*command, str(config), *extra], env=variables, capture_output=True, text=True,
+                          timeout=600)
+    return done.returncode, out, done.stdout + done.stderr
+
+
+def losses(out: Path) -> list[float]:
+    with (out / "log.csv").open(encoding="utf-8") as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+def weights(root: Path, name: str, rank: int = 0) -> dict[str, torch.Tensor]:
+    return load_file(str(root / "weights" / name / f"rank-{rank}.safetensors"))
+
+
+def initial(root: Path, names) -> dict[str, torch.Tensor]:
+    """The starting weights (the tiny set) of the trained parameters ``names``."""
+    from rain import weights as files
+    loaded = {}
+    for module in ("reference_unet", "motion_unet", "pose_guider"):
+        state = files.load_state_dict(files.find_weight(root / "models", module))
+        loaded.update({f"{module}.{k}": v for k, v in state.items()})
+    found = {name: loaded[name] for name in names if name in loaded}
+    assert len(found) > len(names) // 2, "the trained parameters are not named as in the files"
+    return found
+
+
+@pytest.fixture(scope="module")
+def references(workspace):
+    """Uninterrupted runs: 1 process accumulating 4 micro-batches, 2 processes (torchrun) accumulating 2."""
+    one = launch(workspace, "one", 1)
+    two = launch(workspace, "two", 2)
+    assert one[0] == 0, one[2]
+    assert two[0] == 0, two[2]
+    return workspace
+
+
+def test_two_processes_equal_one_process_with_accumulation(references):
+    root = references
+    code, accelerated, console = launch(root, "accelerate", 2, launcher="accelerate")
+    assert code == 0, console
+    one, two = losses(root / "one"), losses(root / "two")
+    assert len(one) == len(two) == STEPS                      # written once: only the main process logs
+    assert losses(accelerated) == pytest.approx(two, rel=1e-4)
+    assert two == pytest.approx(one, rel=1e-4)
+    single, rank0, rank1 = weights(root, "one"), weights(root, "two", 0), weights(root, "two", 1)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # every rank holds the same weights
+    moved = max((single[k] - rank0[k]).abs().max().item() for k in single)
+    start_weights = initial(root, single)
+    travelled = max((single[k] - start_weights[k]).abs().max().item() for k in start_weights)
+    assert travelled > 0 and moved <= 0.01 * travelled, (moved, travelled)
+    for out in (root / "one", root / "two", accelerated):     # the exported set, by the main process only
+        assert (out / "model" / "motion_unet.safetensors").is_file()
+
+
+def test_a_run_of_two_processes_resumes_with_two_or_one(references):
+    root = references
+    code, first, console = launch(root, "half", 2, extra=["--stop-after", "2"])
+    assert code == 0 and "stopped at step 2" in console, console
+    for name, processes in (("again-two", 2), ("again-one", 1)):
+        shutil.copytree(first, root / name)
+        code, _, console = launch(root, name, processes)
+        assert code == 0, console
+        assert losses(root / name)[:2] == losses(first)[:2]
+    two, again_two, again_one = weights(root, "two"), weights(root, "again-two"), weights(root, "again-one")
+    assert all(torch.equal(two[k], again_two[k]) for k in two)           # 2 → 2: bit-identical
+    travelled = max((two[k] - v).abs().max().item() for k, v in initial(root, two).items())
+    assert max((two[k] - again_one[k]).abs().max().item() for k in two) <= 0.01 * travelled   # 2 → 1
+
+
+@pytest.mark.parametrize("processes, at, rank, where", [
+    (1, 2, 0, "middle"),      # 1 process, accumulation 4: the 2nd micro-batch of step 1
+    (1, 5, 0, "boundary"),    # the first micro-batch of step 2
+    (2, 2, 1, "middle"),      # 2 processes, accumulation 2: Ctrl+C to rank 1 alone, at its 2nd micro-batch
+    (2, 3, 0, "boundary"),
+], ids=["1-middle", "1-boundary", "2-middle", "2-boundary"])
+def test_ctrl_c_saves_a_consistent_point_and_the_resumed_weights_are_bit_identical(references, processes, at,
+                                                                                   rank, where):
+    root = references
+    name = f"ctrl-c-{processes}-{where}"
+    hooks = {"RAIN_TEST_SIGINT_AT": str(at), "RAIN_TEST_SIGINT_RANK": str(rank)}
+    code, out, console = launch(root, name, processes, hooks=hooks)
+    assert code != 0 and "interrupted at step" in console, console
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved and not any(p.endswith(".partial") for p in saved)
+    code, _, console = launch(root, name, processes)          # the same command continues
+    assert code == 0, console
+    reference = weights(root, "one" if processes == 1 else "two")
+    resumed = weights(root, name)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference), where
+    assert losses(out) == losses(root / ("one" if processes == 1 else "two"))
+
+
+def test_the_exported_set_says_what_it_is_and_the_loaders_read_it(references, caplog):
+    from argparse import Namespace
+
+    from rain.animate import frame_size
+    from rain.live.standalone import native_size
+    from rain.model_set import read_declaration
+    export = references / "one" / "model"
+    declaration = read_declaration(export / "motion_unet.safetensors")
+    assert declaration.native_size == (64, 64) and declaration.task == "depth" and declaration.stage == "stage1"
+    recorded = (export / "rain_model_set.json").read_text(encoding="utf-8")
+    assert '"training"' in recorded and '"micro_batch_size": 1' in recorded and '"step": 4' in recorded
+    notes = []
+    info = Namespace(height=240, width=320)
+    args = Namespace(models_dir=export, task="face", size=None)
+    assert frame_size(args, info, notes) == (64, 64)          # animate renders at the trained size
+    assert any("trained for 'depth'" in note for note in notes)
+    assert frame_size(Namespace(models_dir=export, task="depth", size=None), info, []) == (64, 64)
+    with caplog.at_level("WARNING"):
+        assert native_size(export, "body") == (64, 64)       # rain live too
+    assert "trained for 'depth'" in caplog.text
