@@ -194,7 +194,8 @@ def test_in_process_batch_equals_plain_renders_and_a_rerun_skips(farm, plain_ren
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="the farm's Ray tests need ray (requirements-test.txt)")
     from rain.farm.driver import _runtime_env
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=_runtime_env())
+    # "local": a cluster of its own, even when one started with `ray start` runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=_runtime_env())
     yield ray
     ray.shutdown()
 
