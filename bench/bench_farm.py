@@ -98,7 +98,9 @@ def main() -> int:
             return 0
         from rain.farm.driver import _runtime_env
         import ray
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=_runtime_env())
+        # "local": a cluster of its own, even when one started with `ray start` runs on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env=_runtime_env())
         farm(make_jobs(work, models, 2, args.frames, args.size, "ray-warm"), models, args.size, ray_address=True,
              workers=2, threads=1)    # workers' imports and first model load, outside the comparison
         one = farm(make_jobs(work, models, args.jobs, args.frames, args.size, "ray1"), models, args.size,

@@ -194,7 +194,8 @@ def test_in_process_batch_equals_plain_renders_and_a_rerun_skips(farm, plain_ren
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="the farm's Ray tests need ray (requirements-test.txt)")
     from rain.farm.driver import _runtime_env
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=_runtime_env())
+    # "local": a cluster of its own, even when one started with `ray start` runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=_runtime_env())
     yield ray
     ray.shutdown()
 
@@ -394,3 +395,18 @@ def test_a_job_that_keeps_killing_its_workers_is_given_up(farm, ray_cluster, tmp
     (entry,) = result.entries
     assert len(kills) == 2 and entry["status"] == "failed" and entry["tries"] == 2
     assert "died 2 times" in entry["error"] and result.exit_code == 1
+
+
+def test_an_unreachable_cluster_is_one_clear_message_in_seconds(farm, capsys):
+    from rain.farm.driver import FarmUnavailable, start_ray
+    started = time.monotonic()
+    with pytest.raises(FarmUnavailable, match="cannot reach the Ray cluster at 127.0.0.1:1 .*ray start --head"):
+        start_ray("127.0.0.1:1")
+    with pytest.raises(FarmUnavailable, match="HOST:PORT"):
+        start_ray("head-without-port")
+    assert time.monotonic() - started < 30
+    root, models = farm
+    path = job_file(root, "unreachable", [{"reference": "ref.png", "driving": "short.mp4",
+                                           "output": "unreachable/out/"}])
+    assert batch(path, "--models-dir", models, *FAST, "--ray", "127.0.0.1:1") == 2
+    assert "cannot reach the Ray cluster" in capsys.readouterr().err

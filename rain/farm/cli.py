@@ -45,7 +45,7 @@ ANIMATE_DESTS = ("jobs", "ray", "workers", "threads", "report", "max_tries", "co
 def run(args) -> int:
     from tqdm import tqdm
 
-    from .driver import run_batch, summary_table
+    from .driver import FarmUnavailable, run_batch, summary_table
     from .jobs import JobFileError, load_jobs
 
     defaults = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ANIMATE_DESTS})
@@ -83,6 +83,10 @@ def run(args) -> int:
     try:
         result = run_batch(job_list, ray_address=args.ray, workers=args.workers, threads=args.threads,
                            report=args.report, on_progress=progress, on_finished=finished, max_tries=args.max_tries)
+    except FarmUnavailable as error:
+        bar.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     finally:
         bar.close()
     print(summary_table(result))

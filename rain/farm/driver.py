@@ -138,17 +138,51 @@ def _runtime_env() -> dict:
     return {"env_vars": {"PYTHONPATH": path}}
 
 
+class FarmUnavailable(ValueError):
+    """The Ray cluster cannot be reached; the message says what to check."""
+
+
 def start_ray(address: str | None, *, num_cpus: int | None = None):
     """Ray, connected: a local cluster started for this run (``address`` None) or an existing one."""
+    if address:
+        _check_reachable(address)
+        # `ray start` secures a cluster with a token (~/.ray/auth_token on the head, to be copied to every
+        # machine); a driver given an address uses it only when told, and Ray reads this when it is imported.
+        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or
+                                                   (Path.home() / ".ray" / "auth_token").is_file()):
+            os.environ["RAY_AUTH_MODE"] = "token"
     from ..optional import import_optional
     ray = import_optional("ray", "--ray (the render farm on Ray)")
-    if not ray.is_initialized():
-        options = {"include_dashboard": False, "log_to_driver": False, "runtime_env": _runtime_env()}
-        if address:
-            ray.init(address=address, **options)
-        else:   # "local": a new cluster for this run, never one another program started on this machine
-            ray.init(address="local", num_cpus=num_cpus, **options)
+    if ray.is_initialized():
+        return ray
+    options = {"include_dashboard": False, "log_to_driver": False, "runtime_env": _runtime_env()}
+    if not address:   # "local": a new cluster for this run, never one another program started on this machine
+        ray.init(address="local", num_cpus=num_cpus, **options)
+        return ray
+    try:
+        ray.init(address=address, **options)
+    except Exception as error:   # ConnectionError, AuthenticationError, a wrong address format…
+        raise FarmUnavailable(f"cannot join the Ray cluster at {address} ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0]}). {JOIN_HELP}") from None
     return ray
+
+
+JOIN_HELP = ("Start it with `ray start --head --port 6379` on the head machine and give the address that command "
+             "prints (HEAD_IP:6379); when the cluster uses token authentication, copy ~/.ray/auth_token from the head "
+             "to this machine (or set RAY_AUTH_TOKEN).")
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at the address (Ray itself retries for a long time)."""
+    import socket
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise FarmUnavailable(f"--ray {address}: give the head's address as HOST:PORT (e.g. 10.0.0.5:6379). {JOIN_HELP}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise FarmUnavailable(f"cannot reach the Ray cluster at {address} ({type(error).__name__}: {error}). "
+                              f"{JOIN_HELP}") from None
 
 
 def default_workers(ray, threads: int) -> tuple[int, bool]:
