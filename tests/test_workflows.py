@@ -303,3 +303,12 @@ def test_batch_render_workflow(pack):
     assert "seed control" not in values          # a rerun keeps the seed, so interrupted videos resume
     fed = {nodes[link[1]]["type"] for link in batch["links"] if link[3] == render["id"]}
     assert fed == {"LoadImage"}
+
+
+def test_face_workflow_crops_as_its_note_says(pack):
+    face = load(REPO / "workflows" / "rain_face_morphing.json")
+    landmarks = next(n for n in face["nodes"] if n["type"] == "RAIN_FaceLandmarks")
+    values = dict(zip(frontend_widget_names(pack.NODE_CLASS_MAPPINGS["RAIN_FaceLandmarks"]),
+                      landmarks["widgets_values"]))
+    note = "\n".join(n["widgets_values"][0] for n in face["nodes"] if n["type"] in FRONTEND_ONLY)
+    assert "Crop 0.9" in note and values["crop"] == 0.9
