@@ -107,9 +107,7 @@ class JobRunner:
         except Exception as error:   # RenderCancelled / RenderFailed say where the frames are
             from ..render.engine import RenderCancelled
             status = "interrupted" if isinstance(error, RenderCancelled) else "failed"
-            detail = str(error) if status == "interrupted" else f"{error}"
-            if status == "failed" and not str(error):
-                detail = traceback.format_exc(limit=3)
+            detail = str(error) or traceback.format_exc(limit=3)   # an error without a message: where it came from
             return {**entry, "status": status, "error": detail, "seconds": round(time.perf_counter() - started, 3)}
         seconds = time.perf_counter() - started
         new_frames = result.frames_out - result.resumed_from
