@@ -111,7 +111,8 @@ class RainBatchRender:
         declaration = read_declaration(paths["motion_unet"])
         if declaration is not None and declaration.native_size is not None:
             size = declaration.fit(*size)   # as the other nodes: a set renders at the size it declares
-        defaults = argparse.Namespace(models_dir=str(paths["motion_unet"].parent), task=task, size=size, frames_per_group=int(frames_per_group),
+        defaults = argparse.Namespace(models_dir=str(paths["motion_unet"].parent), task=task, size=size,
+                                      frames_per_group=int(frames_per_group),
                                       groups=int(num_groups), guidance=float(guidance_scale), seed=int(seed),
                                       save_every=int(save_every), vae=paths.get("vae"),
                                       image_encoder=paths.get("image_encoder"))

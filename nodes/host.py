@@ -26,7 +26,8 @@ from .host_progress import (  # noqa: F401
 )
 from .host_files import (  # noqa: F401
     INPUT_DIR_ENV, OUTPUT_DIR_ENV, VIDEO_SUFFIXES, set_fallback_folders, input_directory, output_directory,
-    input_videos, input_file_path, numbered_output, VideoFile, leaves_folder, safe_file_name, video_from_file, video_source_path,
+    input_videos, input_file_path, numbered_output, VideoFile, leaves_folder, safe_file_name, video_from_file,
+    video_source_path,
 )
 
 log = logging.getLogger("ComfyUI-RAIN")

@@ -13,5 +13,5 @@ The CLI (``python -m rain batch``) and the RAIN Batch Render node both use ``loa
 from .driver import BatchResult, FarmProgress, run_batch, summary_table, write_report
 from .jobs import Job, JobError, JobFileError, JobList, check_jobs, load_jobs
 
-__all__ = ["BatchResult", "FarmProgress", "Job", "JobError", "JobFileError", "JobList", "check_jobs", "load_jobs", "run_batch",
-           "summary_table", "write_report"]
+__all__ = ["BatchResult", "FarmProgress", "Job", "JobError", "JobFileError", "JobList", "check_jobs", "load_jobs",
+           "run_batch", "summary_table", "write_report"]
