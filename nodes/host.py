@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from .host_lookup import comfy_module as _module, in_comfyui  # noqa: F401
+from .host_lookup import in_comfyui  # noqa: F401
 from .host_models import (  # noqa: F401
     MODEL_FOLDER, MODEL_EXTENSIONS, MODELS_DIR_ENV, register_model_folder, set_fallback_models_dirs,
     model_roots, comfy_models_dir, list_model_files, ModelNameError, check_model_name, model_file_path,

@@ -22,7 +22,6 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "onnxruntime": ("standalone", ("onnxruntime",)),
     "cv2": ("standalone", ("opencv-python-headless",)),
     "ray": ("farm", ("ray>=2.12",)),
-    "tensorboard": ("train-extras", ("tensorboard",)),
 }
 
 #: Distributions that provide one module: installing a second one over the first replaces its files.
@@ -73,10 +72,6 @@ def import_optional(module: str, purpose: str):
             f"{purpose} needs '{module}', which is installed but failed to import "
             f"({type(error).__name__}: {error}). Reinstall a build that matches this machine "
             f"({install_hint(module)}), or see the error above.") from error
-
-
-def missing_modules(modules) -> list[str]:
-    return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
 def conflicting_providers(module: str) -> list[str]:

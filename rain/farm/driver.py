@@ -87,13 +87,9 @@ class ProgressTracker:
 
 def _skipped(job: Job) -> dict:
     """The entry of a job that is not rendered: finished earlier (skipped), or bad (failed, with what to fix)."""
-    bad = job.problem is not None
-    return {"job": job.number, "where": job.where, "reference": str(getattr(job.args, "reference", "?")),
-            "driving": str(job.args.driving), "output": str(job.args.output),
-            "status": "failed" if bad else "skipped",
-            "reason": "not started: the job is wrong" if bad else
-            "finished earlier (the output exists and no interrupted state)", "error": job.problem,
-            "frames": 0, "seconds": 0.0, "frames_per_second": None, "node": None, "gpu": None, "resumed_from": 0}
+    if job.problem is not None:
+        return job.entry("failed", job.problem, reason="not started: the job is wrong")
+    return job.entry("skipped", reason="finished earlier (the output exists and no interrupted state)")
 
 
 def _ordered(jobs: list[Job]) -> list[Job]:
@@ -113,9 +109,7 @@ def run_local(jobs: list[Job], *, threads: int | None = None, tracker: ProgressT
         try:
             entry = runner.run(job, lambda update: tracker.running({update["job"]: update}), check_cancel)
         except KeyboardInterrupt as error:   # Ctrl+C: the render saved its state (RenderInterrupted says where)
-            entry = {"job": job.number, "where": job.where, "output": str(job.args.output), "status": "interrupted",
-                     "error": str(error) or "interrupted (Ctrl+C)", "frames": 0, "seconds": 0.0,
-                     "frames_per_second": None, "node": None, "gpu": None, "resumed_from": 0}
+            entry = job.entry("interrupted", str(error) or "interrupted (Ctrl+C)")
             entries.append(entry)
             tracker.finished(entry)
             return entries, True
@@ -249,11 +243,8 @@ def run_ray(jobs: list[Job], *, address: str | None, workers: int | None, thread
                                     "saved state", job.where, kind)
                         pending.insert(0, job)
                         continue
-                    entry = {"job": job.number, "where": job.where, "output": str(job.args.output),
-                             "status": "failed", "error": f"its worker died {tries[job.number]} times ({kind}); "
-                             f"given up (out of memory? a damaged input that crashes the decoder?)",
-                             "frames": 0, "seconds": 0.0, "frames_per_second": None, "node": None, "gpu": None,
-                             "resumed_from": 0}
+                    entry = job.entry("failed", f"its worker died {tries[job.number]} times ({kind}); "
+                                      f"given up (out of memory? a damaged input that crashes the decoder?)")
                 else:
                     idle.append(worker)
                 entry["tries"] = tries[job.number]
@@ -271,10 +262,7 @@ def run_ray(jobs: list[Job], *, address: str | None, workers: int | None, thread
             try:
                 entry = ray.get(ref, timeout=120)
             except Exception as error:
-                entry = {"job": job.number, "where": job.where, "output": str(job.args.output),
-                         "status": "interrupted", "error": f"stopped ({type(error).__name__}); its last saved state "
-                         f"is kept", "frames": 0, "seconds": 0.0, "frames_per_second": None, "node": None,
-                         "gpu": None, "resumed_from": 0}
+                entry = job.entry("interrupted", f"stopped ({type(error).__name__}); its last saved state is kept")
             entry["tries"] = tries[job.number]
             entries.append(entry)
             tracker.finished(entry)

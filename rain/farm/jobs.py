@@ -66,6 +66,13 @@ class Job:
     def describe(self) -> str:
         return f"{self.where} ({Path(self.args.driving).name} → {self.output.name})"
 
+    def entry(self, status: str, error: str | None = None, **fields) -> dict:
+        """This job's line in the report; ``fields`` fill in what a render measured."""
+        return {"job": self.number, "where": self.where, "reference": str(getattr(self.args, "reference", "?")),
+                "driving": str(getattr(self.args, "driving", "?")), "output": str(self.args.output),
+                "status": status, "error": error, "frames": 0, "seconds": 0.0, "frames_per_second": None,
+                "node": None, "gpu": None, "resumed_from": 0, **fields}
+
 
 @dataclass
 class JobList:

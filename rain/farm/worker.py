@@ -74,10 +74,7 @@ class JobRunner:
         args = job.args
         started = time.perf_counter()
         node, gpu = where_it_runs(args.device)
-        entry = {"job": job.number, "where": job.where, "reference": str(args.reference),
-                 "driving": str(args.driving), "output": str(args.output), "node": node, "gpu": gpu,
-                 "pid": os.getpid(), "resumed_from": 0, "frames": 0, "seconds": 0.0, "frames_per_second": None,
-                 "error": None}
+        entry = job.entry("running", node=node, gpu=gpu, pid=os.getpid())
         try:
             # Checked again here: the worker may be another machine, which must see the same shared folder.
             args.resume = ResumeStore(args.output).record() is not None
