@@ -1,10 +1,12 @@
 """Training on several processes, for real: `torchrun` and `accelerate launch` with 2 CPU processes (gloo), tiny
 models, a synthetic dataset. 2 processes equal 1 process with accumulation; a run resumes with 2 or 1 processes;
 Ctrl+C in the middle of an accumulation or at a step boundary, on 1 process or on one rank of 2, saves at a
-consistent point and the resumed run ends with bit-identical weights."""
+consistent point and the resumed run ends with bit-identical weights. The same with ``[train] sharding = "fsdp"``
+(FSDP2 over the two processes), whose checkpoints are ordinary files that resume sharded or not."""
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +21,11 @@ SCRIPT = Path(__file__).resolve().parent / "distributed_train.py"
 STEPS = 4
 
 
-def config_text(root: Path, output: Path, steps: int = STEPS) -> str:
-    return f'''stage = "stage1"
+def config_text(root: Path, output: Path, steps: int = STEPS, stage: str = "stage1", sharding: str = "none") -> str:
+    video = stage in ("stage2", "distill3d")      # 2 frames per group: clips of 8 frames, one per micro-batch
+    models = (root / "models").as_posix()
+    distill = f'teacher = "{models}"\n' if stage.startswith("distill") else ""
+    return f'''stage = "{stage}"
 dataset = "{(root / 'data').as_posix()}"
 output_dir = "{output.as_posix()}"
 seed = 7
@@ -28,17 +33,20 @@ seed = 7
 init = "{(root / 'models').as_posix()}"
 shared = "{(root / 'models').as_posix()}"
 export_dir = "{(output / 'model').as_posix()}"
-[train]
+{distill}[train]
+sharding = "{sharding}"
 steps = {steps}
-batch_size = 4
+batch_size = {2 if video else 4}
 micro_batch_size = 1
 learning_rate = 1e-3
 num_workers = 0
 checkpoint_every = 2
 mixed_precision = "no"
 [data]
-frames_per_group = 1
+frames_per_group = {2 if video else 1}
 num_groups = 4
+[distill]
+ddim_timesteps = 20
 [samples]
 every = 0
 '''
@@ -62,11 +70,11 @@ def env() -> dict:
 
 
 def launch(root: Path, name: str, processes: int, *, launcher: str = "torchrun", extra=(), hooks=None,
-           output: str | None = None) -> tuple[int, Path, str]:
-    """Run the tiny stage 1 as ``name`` on ``processes`` processes; (exit code, output folder, console)."""
+           output: str | None = None, stage: str = "stage1", sharding: str = "none") -> tuple[int, Path, str]:
+    """Run the tiny ``stage`` as ``name`` on ``processes`` processes; (exit code, output folder, console)."""
     out = root / (output or name)
     config = root / f"{name}.toml"
-    config.write_text(config_text(root, out), encoding="utf-8")
+    config.write_text(config_text(root, out, stage=stage, sharding=sharding), encoding="utf-8")
     if processes == 1:
         command = [sys.executable, str(SCRIPT)]
     elif launcher == "torchrun":
@@ -131,10 +139,23 @@ def test_two_processes_equal_one_process_with_accumulation(references):
         assert (out / "model" / "motion_unet.safetensors").is_file()
 
 
-def test_a_run_of_two_processes_resumes_with_two_or_one(references):
-    root = references
-    code, first, console = launch(root, "half", 2, extra=["--stop-after", "2"])
+@pytest.fixture(scope="module")
+def half(references):
+    """A run of 2 processes stopped after 2 of its 4 steps."""
+    code, first, console = launch(references, "half", 2, extra=["--stop-after", "2"])
     assert code == 0 and "stopped at step 2" in console, console
+    return first
+
+
+def moved_within_one_percent(root: Path, reference: dict, other: dict) -> None:
+    """``other`` is apart from ``reference`` by at most 1 % of how far training moved ``reference``."""
+    travelled = max((reference[k] - v).abs().max().item() for k, v in initial(root, reference).items())
+    moved = max((reference[k] - other[k]).abs().max().item() for k in reference)
+    assert travelled > 0 and moved <= 0.01 * travelled, (moved, travelled)
+
+
+def test_a_run_of_two_processes_resumes_with_two_or_one(references, half):
+    root, first = references, half
     for name, processes in (("again-two", 2), ("again-one", 1)):
         shutil.copytree(first, root / name)
         code, _, console = launch(root, name, processes)
@@ -189,3 +210,82 @@ def test_the_exported_set_says_what_it_is_and_the_loaders_read_it(references, ca
     with caplog.at_level("WARNING"):
         assert native_size(export, "body") == (64, 64)       # rain live too
     assert "trained for 'depth'" in caplog.text
+
+
+# -- sharded (FSDP) ------------------------------------------------------------------------------------------------
+def only_ordinary_files(checkpoint: Path) -> None:
+    """A sharded run's checkpoint holds whole tensors in safetensors and JSON, nothing to unpickle, no shards."""
+    names = sorted(p.name for p in checkpoint.iterdir())
+    assert names == ["model.safetensors", "optimizer.json", "optimizer.safetensors", "progress.json",
+                     "random_states.safetensors", "scheduler.json"], names
+
+
+@pytest.fixture(scope="module")
+def sharded(references):
+    """Stage 1 on 2 processes with [train] sharding = "fsdp", uninterrupted."""
+    code, out, console = launch(references, "sharded", 2, sharding="fsdp")
+    assert code == 0, console
+    found = re.search(r"sharded over 2 processes \(FSDP\): this one holds ([\d.]+) M of the model's ([\d.]+) M", console)
+    assert found, console
+    held, whole = float(found[1]), float(found[2])
+    assert 0.45 * whole <= held <= 0.55 * whole          # each process holds half the weights
+    return out
+
+
+def test_sharded_training_equals_one_process_and_writes_ordinary_files(references, sharded):
+    root = references
+    assert losses(sharded) == pytest.approx(losses(root / "one"), rel=1e-4)
+    single, rank0, rank1 = weights(root, "one"), weights(root, "sharded", 0), weights(root, "sharded", 1)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)   # gathered, the shards make one model
+    moved_within_one_percent(root, single, rank0)
+    for checkpoint in (sharded / "checkpoints").iterdir():
+        only_ordinary_files(checkpoint)
+    exported = load_file(str(sharded / "model" / "motion_unet.safetensors"))
+    unsharded = load_file(str(root / "one" / "model" / "motion_unet.safetensors"))
+    assert set(exported) == set(unsharded)                # the same set, frozen parts bit for bit
+    assert all(torch.equal(exported[k], unsharded[k]) for k in exported if "motion_modules" in k)
+    trained = [k for k in exported if f"motion_unet.{k}" in rank0]
+    assert trained and all(torch.equal(exported[k], rank0[f"motion_unet.{k}"]) for k in trained)
+
+
+def test_sharded_ctrl_c_resumes_bit_identical_and_its_checkpoint_resumes_unsharded(references, sharded):
+    root = references
+    hooks = {"RAIN_TEST_SIGINT_AT": "2", "RAIN_TEST_SIGINT_RANK": "1"}   # rank 1 alone, mid-accumulation
+    code, out, console = launch(root, "sharded-ctrl-c", 2, hooks=hooks, sharding="fsdp")
+    assert code != 0 and "interrupted at step 1" in console, console
+    only_ordinary_files(out / "checkpoints" / "step-000001")
+    shutil.copytree(out, root / "sharded-then-one")
+    code, _, console = launch(root, "sharded-ctrl-c", 2, sharding="fsdp")
+    assert code == 0, console
+    resumed, uninterrupted = weights(root, "sharded-ctrl-c"), weights(root, "sharded")
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    assert losses(out) == losses(sharded)
+    code, _, console = launch(root, "sharded-then-one", 1)          # sharded 2 → 1 process, unsharded
+    assert code == 0, console
+    moved_within_one_percent(root, uninterrupted, weights(root, "sharded-then-one"))
+
+
+def test_an_unsharded_checkpoint_resumes_sharded(references, half):
+    root = references
+    shutil.copytree(half, root / "half-then-sharded")
+    code, _, console = launch(root, "half-then-sharded", 2, sharding="fsdp")
+    assert code == 0 and "sharded over 2 processes" in console, console
+    moved_within_one_percent(root, weights(root, "two"), weights(root, "half-then-sharded"))
+    assert losses(root / "half-then-sharded")[:2] == losses(half)
+
+
+def test_sharded_distillation_equals_one_process(references):
+    """3-D distillation: the student sharded, its teacher and EMA target too (accelerate launch)."""
+    root = references
+    code, one, console = launch(root, "distill-one", 1, stage="distill3d")
+    assert code == 0, console
+    code, out, console = launch(root, "distill-sharded", 2, launcher="accelerate", stage="distill3d",
+                                sharding="fsdp")
+    assert code == 0 and "sharded over 2 processes" in console, console
+    assert losses(out) == pytest.approx(losses(one), rel=1e-4)
+    moved_within_one_percent(root, weights(root, "distill-one"), weights(root, "distill-sharded"))
+    ema_one = load_file(str(one / "checkpoints" / "step-000004" / "extra.safetensors"))
+    ema_sharded = load_file(str(out / "checkpoints" / "step-000004" / "extra.safetensors"))
+    assert set(ema_one) == set(ema_sharded)               # the EMA target, gathered whole
+    as_set = lambda ema: {f"motion_unet.{k[len('ema.'):]}": v for k, v in ema.items()}   # noqa: E731
+    moved_within_one_percent(root, as_set(ema_one), as_set(ema_sharded))

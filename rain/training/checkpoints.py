@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..weights.safe_load import read_safetensors_unmapped as load_file   # rotation deletes old checkpoints
+from .sharding import (MODEL, full_tensor, is_portable_checkpoint, load_accelerate_into_sharded, load_portable,
+                       save_portable)
 
 PROGRESS = "progress.json"
 TRAINABLE = "trainable.safetensors"
@@ -84,6 +86,15 @@ def _trainable_names(model: torch.nn.Module) -> list[str]:
     return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
 
 
+def _read_trained(path: Path, expected: list[str]) -> dict[str, torch.Tensor]:
+    state = load_file(str(path))
+    if set(state) != set(expected):
+        raise CheckpointError(f"{path} holds other trainable parameters than this run trains "
+                              f"({len(set(state) - set(expected))} unexpected, {len(set(expected) - set(state))} "
+                              f"missing); was the stage or [distill] trainable changed since it was written?")
+    return state
+
+
 def register_hooks(accelerator) -> None:
     """Make ``save_state``/``load_state`` store and restore only the trainable parameters of the prepared model."""
 
@@ -100,12 +111,7 @@ def register_hooks(accelerator) -> None:
             path = Path(input_dir) / name
             if not path.is_file():
                 raise CheckpointError(f"{input_dir} lacks {name}; the checkpoint is incomplete")
-            state = load_file(str(path))
-            expected = set(_trainable_names(model))
-            if set(state) != expected:
-                raise CheckpointError(f"{path} holds other trainable parameters than this run trains "
-                                      f"({len(set(state) - expected)} unexpected, {len(expected - set(state))} missing); "
-                                      f"was the stage or [distill] trainable changed since it was written?")
+            state = _read_trained(path, _trainable_names(model))
             parameters = dict(model.named_parameters())
             with torch.no_grad():
                 for key, value in state.items():
@@ -115,8 +121,19 @@ def register_hooks(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+@dataclass
+class Trained:
+    """The prepared objects a checkpoint restores, and the names of the parameters that train."""
+    model: torch.nn.Module
+    optimizer: object
+    scheduler: object
+    names: list[str]
+    sharded: bool = False
+
+
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, progress: Progress, config: dict,
-                    extra: dict[str, torch.Tensor], keep: int) -> Path:
+                    extra: dict[str, torch.Tensor], keep: int, trained: Trained) -> Path:
+    """Every process calls it. A sharded run's state is gathered and written as ordinary files (``sharding``)."""
     folder = checkpoints_dir(output_dir)
     final = folder / f"{PREFIX}{progress.step:06d}"
     partial = folder / f"{final.name}.partial"
@@ -124,7 +141,11 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, progress: Progre
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+    if trained.sharded:
+        save_portable(partial, accelerator, trained.model, trained.optimizer, trained.scheduler, trained.names)
+    else:
+        accelerator.save_state(str(partial))
+    extra = {k: full_tensor(v) for k, v in extra.items()}
     if accelerator.is_main_process:
         if extra:
             save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(partial / EXTRA))
@@ -138,10 +159,19 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, progress: Progre
     return final
 
 
-def load_checkpoint(accelerator, folder: Path) -> tuple[Progress, dict, dict[str, torch.Tensor]]:
-    """Restore the prepared objects from ``folder``; returns (progress, the config it was written with, extra)."""
+def load_checkpoint(accelerator, folder: Path, trained: Trained) -> tuple[Progress, dict, dict[str, torch.Tensor]]:
+    """Restore the prepared objects from ``folder`` (written sharded or not, by any number of processes); returns
+    (progress, the config it was written with, extra)."""
     data = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))
-    accelerator.load_state(str(folder))
+    if is_portable_checkpoint(folder) or trained.sharded:
+        weights = _read_trained(folder / MODEL, trained.names)
+        if is_portable_checkpoint(folder):
+            load_portable(folder, accelerator, trained.model, trained.optimizer, trained.scheduler, weights)
+        else:
+            load_accelerate_into_sharded(folder, trained.model, trained.optimizer, trained.scheduler, weights,
+                                         trained.names)
+    else:
+        accelerator.load_state(str(folder))
     extra = load_file(str(folder / EXTRA)) if (folder / EXTRA).is_file() else {}
     # Checkpoints from before "world" was recorded were written by one process: its count is the global one.
     progress = Progress(step=int(data["step"]), micro_batches=int(data["micro_batches"]),

@@ -52,6 +52,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"   # auto (bf16 on GPUs that have it, else fp16; none on CPU), no, fp16, bf16
     gradient_checkpointing: bool = False
+    sharding: str = "none"          # "fsdp": weights, gradients and optimizer state spread over the processes
     allow_tf32: bool = True
     checkpoint_every: int = 500     # optimizer steps between resumable checkpoints (and exports)
     keep_checkpoints: int = 2
@@ -238,6 +239,8 @@ def validate(config: TrainingConfig) -> None:
         fail(f"[train] batch_size {train.batch_size} is not a multiple of micro_batch_size {train.micro_batch_size}")
     if train.mixed_precision not in ("auto", "no", "fp16", "bf16"):
         fail(f"[train] mixed_precision must be auto, no, fp16 or bf16, got {train.mixed_precision!r}")
+    if train.sharding not in ("none", "fsdp"):
+        fail(f"[train] sharding must be none or fsdp, got {train.sharding!r}")
     if train.learning_rate <= 0:
         fail("[train] learning_rate must be positive")
     if data.frames_per_group < 1 or data.num_groups < 1 or data.frame_stride < 1:

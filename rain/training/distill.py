@@ -33,6 +33,7 @@ from .model_sets import (SD_DENOISER_EXTRA, hold_frozen_in, is_motion_parameter,
                          set_trainable)
 from .objectives import (DDIMSolver, NoiseSchedule, consistency_scalings, guidance_embeddings, pseudo_huber,
                          sample_guidance)
+from .sharding import assign_full
 from .stage import Stage
 
 EMA_PREFIX = "ema."
@@ -67,7 +68,7 @@ class Distill(Stage):
         if self.config.train.gradient_checkpointing:
             student.enable_gradient_checkpointing()
         for module in models.modules().values():
-            hold_frozen_in(module, self.weight_dtype)
+            hold_frozen_in(module, self.frozen_dtype)
             module.to(self.device)
         self.target = copy.deepcopy(student).requires_grad_(False).eval()
         for (name, target), (_, online) in zip(self.target.named_parameters(), student.named_parameters()):
@@ -131,9 +132,21 @@ class Distill(Stage):
                                            previous)
         return pseudo_huber(prediction, target, config.huber_c)
 
+    def after_sharding(self, shard):
+        shard(self.teacher)
+        shard(self.target)
+        # FSDP gave the student new (sharded) parameters: pair the target's shards with them.
+        online = dict(self.models.denoiser.named_parameters())
+        target = dict(self.target.named_parameters())
+        self._ema_pairs = [(name, target[name], online[name]) for name, _, _ in self._ema_pairs]
+
     @torch.no_grad()
     def after_optimizer_step(self):
         rate = 1.0 - self.config.distill.ema_decay
+        if self.sharded:
+            # FSDP keeps a root module's gathered weights after a forward without gradients: drop them, or the
+            # next forward would use them instead of the updated shards.
+            self.target.reshard()
         for _, target, online in self._ema_pairs:
             target.lerp_(online.detach().to(target.dtype), rate)
 
@@ -145,6 +158,5 @@ class Distill(Stage):
         if set(state) != expected:
             raise ValueError(f"the checkpoint's EMA target holds other parameters than this run trains "
                              f"({len(set(state) - expected)} unexpected, {len(expected - set(state))} missing)")
-        with torch.no_grad():
-            for name, target, _ in self._ema_pairs:
-                target.copy_(state[EMA_PREFIX + name])
+        for name, target, _ in self._ema_pairs:
+            assign_full(target, state[EMA_PREFIX + name])

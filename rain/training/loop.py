@@ -30,16 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import (Progress, config_changes, load_checkpoint, register_hooks, resolve_resume,
+from . import sharding
+from .checkpoints import (Progress, Trained, config_changes, load_checkpoint, register_hooks, resolve_resume,
                           save_checkpoint)
-from .config import TrainingConfig, accumulation_steps
+from .config import ConfigError, TrainingConfig, accumulation_steps
 from .datasets import make_loader
 
 log = logging.getLogger("rain.training")
 
 #: Config entries that may change between an interrupted run and its resumption without a warning.
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                     "train.num_workers", "samples.", "resume", "output_dir", "models.export_dir", "dataset")
+                     "train.num_workers", "train.sharding", "samples.", "resume", "output_dir", "models.export_dir", "dataset")
 
 
 @dataclass
@@ -183,10 +184,19 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
     trackers = "tensorboard" if is_tensorboard_available() else None
     # Stage 1 steps without a reference leave the reference UNet without gradients; DDP must then look for them.
     find_unused = config.stage == "stage1" and config.data.uncond_ratio > 0
+    sharded = config.train.sharding != "none" and world > 1
+    if sharded and mixed_precision == "fp16":
+        raise ConfigError(f"{config.source}: [train] sharding = \"{config.train.sharding}\" needs bf16 or no mixed "
+                          f"precision (this GPU has no bf16): set [train] mixed_precision = \"no\" or \"bf16\"")
+    plugin = sharding.fsdp_plugin(mixed_precision) if sharded else None
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation,
-                              log_with=trackers, project_dir=str(output_dir),
+                              log_with=trackers, project_dir=str(output_dir), fsdp_plugin=plugin,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
+    if sharded and cpu:
+        sharding.shard_cpu_processes(accelerator, plugin)
     main = accelerator.is_main_process
+    if config.train.sharding != "none" and not sharded and main:
+        log.info("[train] sharding = %s: one process has nothing to shard; training unsharded", config.train.sharding)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
@@ -195,7 +205,10 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
     set_seed(config.seed)
 
     stage = make_stage(config, accelerator.device, _weight_dtype(mixed_precision))
+    stage.sharded = sharded
     model = stage.build()
+    if sharded:
+        sharding.shard_units(model, mixed_precision, stage.kept_whole())
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(parameters, config)
     # Accelerate steps a prepared scheduler once per process per optimizer step: count in those units.
@@ -204,12 +217,23 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
                               num_training_steps=config.train.steps * world)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     register_hooks(accelerator)
+    # FSDP replaces the parameters with their shards (the optimizer is switched over by Accelerate).
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if sharded:
+        stage.after_sharding(lambda module: sharding.shard_frozen(module, mixed_precision))
+        if main:
+            held, whole = sharding.parameter_counts(model)
+            print(f"sharded over {world} processes (FSDP): this one holds {held / 1e6:.2f} M of the model's "
+                  f"{whole / 1e6:.2f} M parameters", flush=True)
+    unwrapped = accelerator.unwrap_model(model)
+    trained = Trained(model, optimizer, scheduler, [n for n, p in unwrapped.named_parameters() if p.requires_grad],
+                      sharded=sharded)
 
     progress = Progress(world=world)
     config_dict = config.to_dict()
     resume_from = resolve_resume(output_dir, config.resume)
     if resume_from is not None:
-        progress, saved_config, extra = load_checkpoint(accelerator, resume_from)
+        progress, saved_config, extra = load_checkpoint(accelerator, resume_from, trained)
         stage.load_extra_state(extra)
         if progress.world != world:
             # The prepared scheduler steps once per process per optimizer step: recount for this many processes.
@@ -239,7 +263,8 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
     rank = accelerator.process_index
     loader = make_loader(stage.dataset(), config.train.micro_batch_size, start=local,
                          rank=rank, world=world, num_workers=config.train.num_workers)
-    preview = _Preview(config, stage, accelerator) if config.samples.every and main else None
+    # A sharded model renders only with every process taking part in gathering it.
+    preview = _Preview(config, stage, accelerator) if config.samples.every and (main or sharded) else None
     bar = tqdm(total=config.train.steps, initial=progress.step, desc=config.stage, unit="step",
                disable=not (main and show_progress), dynamic_ncols=True)
     window_loss, window_count, started = 0.0, 0, time.perf_counter()
@@ -248,9 +273,10 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
 
     def checkpoint() -> None:
         result.checkpoint = save_checkpoint(accelerator, output_dir, progress, config_dict, stage.extra_state(),
-                                            config.train.keep_checkpoints)
+                                            config.train.keep_checkpoints, trained)
+        live = stage.live_states(keep=main)     # gathered by every process when sharded
         if main:
-            _export(config, stage, progress.step)
+            _export(config, stage, live, progress.step)
 
     stop = StopRequest()
     stopped = False
@@ -300,7 +326,9 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
                               f"to continue", flush=True)
                     break
                 if preview is not None and progress.step % config.samples.every == 0:
-                    result.samples.append(preview.render(progress.step))
+                    sample = preview.render(progress.step)
+                    if sample is not None:
+                        result.samples.append(sample)
                 if progress.step >= last_step:
                     break
         finally:
@@ -327,7 +355,7 @@ def _rescale_scheduler(scheduler, optimizer, steps: int) -> None:
     inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _export(config: TrainingConfig, stage, step: int) -> Path:
+def _export(config: TrainingConfig, stage, live: dict, step: int) -> Path:
     """The set in the released layout, and ``rain_model_set.json`` saying what it is: the size and task of the
     data it was trained on, the stage, the training config (every loader reads it)."""
     from ..model_set import write_declaration
@@ -335,7 +363,7 @@ def _export(config: TrainingConfig, stage, step: int) -> Path:
     dtype = torch.float16 if config.models.export_dtype == "fp16" else torch.float32
     metadata = {"stage": config.stage, "step": step, "of_steps": config.train.steps, "dataset": config.dataset,
                 "init": config.models.init or config.models.sd_unet, "teacher": config.models.teacher}
-    folder = stage.export(config.export_dir, metadata, dtype)
+    folder = stage.export(config.export_dir, live, metadata, dtype)
     manifest = Manifest.read(config.dataset)
     task = manifest.task if manifest.task in ("face", "body", "depth") else None
     write_declaration(Path(folder) / "motion_unet.safetensors", native_size=tuple(manifest.size),
@@ -352,9 +380,14 @@ class _Preview:
         self.accelerator = accelerator
         self.frames, self.conditions = sample_clip(config)
 
-    def render(self, step: int) -> Path:
+    def render(self, step: int) -> Path | None:
+        """The sample video of this step (None on the processes that only helped gather a sharded model)."""
         from .preview import render_sample, write_sample_video
-        rendered = render_sample(self.config, self.stage.preview_models(), self.accelerator.device, self.frames,
+        main = self.accelerator.is_main_process
+        models = self.stage.preview_models(self.stage.live_states(keep=main) if self.stage.sharded else None)
+        if not main:
+            return None
+        rendered = render_sample(self.config, models, self.accelerator.device, self.frames,
                                  self.conditions, autocast=self.accelerator.autocast)
         path = Path(self.config.output_dir) / "samples" / f"step-{step:06d}.mp4"
         write_sample_video(path, self.conditions, rendered, self.frames, self.config.samples.fps)

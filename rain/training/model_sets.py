@@ -197,11 +197,11 @@ def hold_frozen_in(module: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 # -- export -------------------------------------------------------------------------------------------------------
-def export_state(module: torch.nn.Module, source: Path | None, trainable: set[str],
+def export_state(live: dict[str, torch.Tensor], source: Path | None, trainable: set[str],
                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The module's state in the official key layout: trained parameters from memory, everything else from the
-    file the module came from (unchanged), or from memory when it was assembled there."""
-    live = module.state_dict()
+    """A module's state in the official key layout: trained parameters from memory (``live``, its whole
+    ``state_dict``), everything else from the file the module came from (unchanged), or from memory when it was
+    assembled there."""
     if source is not None:
         state = weights.load_state_dict(source)
         missing = set(live) - set(state)

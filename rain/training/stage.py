@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 
+from .. import loading
 from ..loading import RainModels
 from .config import TrainingConfig
 from .data import ClipStore
 from .datasets import ClipWindows, FramePairs
 from .encoders import FrozenEncoders
 from .model_sets import ModelSet, export_state, write_set
+from .sharding import gathered_state
 
 
 class Stage(ABC):
@@ -24,6 +26,13 @@ class Stage(ABC):
         self.encoders: FrozenEncoders | None = None
         self.models: ModelSet | None = None
         self.trainable: dict[str, set[str]] = {}     # per set file: the parameter names that train
+        self.sharded = False                         # set by the loop before build: FSDP will shard the model
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """What frozen weights are held in: the compute dtype, or float32 when sharded (an FSDP unit holds one
+        dtype; it gathers in the compute dtype)."""
+        return torch.float32 if self.sharded else self.weight_dtype
 
     # -- set up ----------------------------------------------------------------------------------------------
     @abstractmethod
@@ -45,6 +54,13 @@ class Stage(ABC):
     def loss(self, model: torch.nn.Module, batch: dict, generator: torch.Generator, autocast) -> torch.Tensor:
         """One micro-batch's loss (``model`` is the prepared module ``build`` returned)."""
 
+    def kept_whole(self) -> list[torch.nn.Module]:
+        """Units of the trained model whose output does not reach the loss (see ``sharding.shard_units``)."""
+        return []
+
+    def after_sharding(self, shard) -> None:
+        """Called once FSDP has sharded the trained model; ``shard(module)`` shards a module that never trains."""
+
     def after_optimizer_step(self) -> None:
         """Called once per optimizer step (distillation updates its EMA target here)."""
 
@@ -57,13 +73,33 @@ class Stage(ABC):
             raise ValueError(f"this stage keeps no extra state, but the checkpoint holds {sorted(state)[:3]}")
 
     # -- output ------------------------------------------------------------------------------------------------
-    def export(self, folder: Path, metadata: dict, dtype: torch.dtype = torch.float32) -> Path:
-        """The trained set in the official layout (the files ``rain.loading`` and the Load RAIN Model node read)."""
-        states = {name: export_state(module, self.models.sources.get(name), self.trainable.get(name, set()), dtype)
-                  for name, module in self.models.modules().items()}
+    def live_states(self, keep: bool) -> dict[str, dict[str, torch.Tensor]]:
+        """Each set file's module's whole state on the CPU. Every process calls it (gathering shards is
+        collective); only those with ``keep`` get the tensors."""
+        return {name: gathered_state(module, keep) for name, module in self.models.modules().items()}
+
+    def export(self, folder: Path, live: dict[str, dict[str, torch.Tensor]], metadata: dict,
+               dtype: torch.dtype = torch.float32) -> Path:
+        """The trained set in the official layout (the files ``rain.loading`` and the Load RAIN Model node read),
+        from ``live_states``."""
+        states = {name: export_state(live[name], self.models.sources.get(name), self.trainable.get(name, set()),
+                                     dtype)
+                  for name in self.models.modules()}
         return write_set(folder, states, metadata)
 
-    def preview_models(self) -> RainModels:
-        return RainModels(video_unet=self.models.denoiser, pose_guider=self.models.pose_guider,
-                          reference_unet=self.models.reference_unet, image_encoder=self.encoders.image_encoder,
-                          vae=self.encoders.vae)
+    def preview_models(self, live: dict[str, dict[str, torch.Tensor]] | None = None) -> RainModels:
+        """The models to render a sample with: the trained ones, or whole copies built from ``live_states`` (a
+        sharded model only computes with every process taking part)."""
+        models = self.models
+        if live is None:
+            return RainModels(video_unet=models.denoiser, pose_guider=models.pose_guider,
+                              reference_unet=models.reference_unet, image_encoder=self.encoders.image_encoder,
+                              vae=self.encoders.vae)
+        video_unet = loading.video_unet_from_state_dict(live["motion_unet"], device=self.device)
+        video_unet.set_motion_modules_enabled(any(getattr(m, "enabled", False) for m in models.denoiser.modules()
+                                                  if type(m).__name__ == "MotionModule"))
+        return RainModels(video_unet=video_unet,
+                          pose_guider=loading.pose_guider_from_state_dict(live["pose_guider"], device=self.device),
+                          reference_unet=loading.reference_unet_from_state_dict(live["reference_unet"],
+                                                                                device=self.device),
+                          image_encoder=self.encoders.image_encoder, vae=self.encoders.vae)

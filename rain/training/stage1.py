@@ -21,25 +21,31 @@ from .stage import Stage
 class DenoisingNet(torch.nn.Module):
     """Reference UNet + pose guider + denoising UNet as one module (what several GPUs keep in sync)."""
 
-    def __init__(self, models: ModelSet, train_reference: bool):
+    def __init__(self, models: ModelSet, train_reference: bool, run_every_module: bool = False):
         super().__init__()
         self.reference_unet = models.reference_unet
         self.pose_guider = models.pose_guider
         self.denoiser = models.denoiser
         self.train_reference = train_reference
+        # Sharded, every process must gather (and back-propagate through) the same modules at every step, so a
+        # step without reference still runs the reference UNet and uses its features with weight zero.
+        self.run_every_module = run_every_module
 
     def forward(self, noisy, timesteps, reference_latents, context, conditions, use_reference: bool):
         """noisy [B,4,F,h,w], timesteps [B,F], reference_latents [B,4,h,w], context [B,1,D], conditions
         [B,3,F,H,W] in [0,1] → v-prediction [B,4,F,h,w]."""
-        if use_reference:
+        features = None
+        if use_reference or self.run_every_module:
             if self.train_reference:
                 features = self.reference_unet.reference_features_for_training(reference_latents, context)
             else:
                 features = self.reference_unet.reference_features(reference_latents, context)
-            self.denoiser.set_reference(features)
-        else:
-            self.denoiser.set_reference(None)
-        return self.denoiser(noisy, timesteps, context, self.pose_guider(conditions))
+        self.denoiser.set_reference(features if use_reference else None)
+        prediction = self.denoiser(noisy, timesteps, context, self.pose_guider(conditions))
+        if features is not None and not use_reference and self.train_reference:
+            unused = sum(feature.float().sum() for feature in features.values())
+            prediction = prediction + (0.0 * unused).to(prediction.dtype)
+        return prediction
 
 
 class DenoisingStage(Stage):
@@ -64,10 +70,17 @@ class DenoisingStage(Stage):
             models.denoiser.enable_gradient_checkpointing()
         for name, module in models.modules().items():
             if models.sources.get(name) is not None:
-                hold_frozen_in(module, self.weight_dtype)
+                hold_frozen_in(module, self.frozen_dtype)
             module.to(self.device)
         self.load_encoders()
-        return DenoisingNet(models, train_reference=train_reference).train()
+        return DenoisingNet(models, train_reference=train_reference, run_every_module=self.sharded).train()
+
+    def kept_whole(self):
+        # The trained reference UNet stops after its last up block, whose spatial transformers only hand their
+        # recorded inputs to the denoiser (their outputs are dropped).
+        if not any(p.requires_grad for p in self.models.reference_unet.parameters()):
+            return []
+        return list(self.models.reference_unet.up_blocks[-1].attentions)
 
     def timesteps(self, batch: int, frames: int, generator: torch.Generator) -> torch.Tensor:
         return uniform_timesteps(batch, frames, generator, self.schedule.num_train_timesteps)
