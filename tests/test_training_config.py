@@ -51,6 +51,7 @@ def test_example_configs_load():
     ({"models": {"shared": "models", "sd_unet": "unet", "init": "set"}}, "exactly one"),
     ({"stage": "stage3"}, "stage must be one of"),
     ({"data": {"frames_per_group": 9}}, "32 positions"),
+    ({"train": {"sharding": "zero3"}}, "[train] sharding must be none or fsdp"),
 ])
 def test_config_mistakes_are_named(change, words, tmp_path):
     data = _minimal("stage1")

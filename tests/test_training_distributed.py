@@ -225,7 +225,8 @@ def sharded(references):
     """Stage 1 on 2 processes with [train] sharding = "fsdp", uninterrupted."""
     code, out, console = launch(references, "sharded", 2, sharding="fsdp")
     assert code == 0, console
-    found = re.search(r"sharded over 2 processes \(FSDP\): this one holds ([\d.]+) M of the model's ([\d.]+) M", console)
+    found = re.search(r"sharded over 2 processes \(FSDP\): this one holds ([\d.]+) M of the model's ([\d.]+) M",
+                      console)
     assert found, console
     held, whole = float(found[1]), float(found[2])
     assert 0.45 * whole <= held <= 0.55 * whole          # each process holds half the weights
@@ -260,8 +261,8 @@ def test_sharded_ctrl_c_resumes_bit_identical_and_its_checkpoint_resumes_unshard
     resumed, uninterrupted = weights(root, "sharded-ctrl-c"), weights(root, "sharded")
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
     assert losses(out) == losses(sharded)
-    code, _, console = launch(root, "sharded-then-one", 1)          # sharded 2 → 1 process, unsharded
-    assert code == 0, console
+    code, _, console = launch(root, "sharded-then-one", 1, sharding="fsdp")   # 2 → 1 process: trains unsharded
+    assert code == 0 and "sharded over" not in console, console
     moved_within_one_percent(root, uninterrupted, weights(root, "sharded-then-one"))
 
 
@@ -275,13 +276,17 @@ def test_an_unsharded_checkpoint_resumes_sharded(references, half):
 
 
 def test_sharded_distillation_equals_one_process(references):
-    """3-D distillation: the student sharded, its teacher and EMA target too (accelerate launch)."""
+    """3-D distillation: the student sharded, its teacher and EMA target too (accelerate launch), stopped after 2
+    steps and resumed (the EMA target comes back from the checkpoint into its shards)."""
     root = references
     code, one, console = launch(root, "distill-one", 1, stage="distill3d")
     assert code == 0, console
     code, out, console = launch(root, "distill-sharded", 2, launcher="accelerate", stage="distill3d",
+                                sharding="fsdp", extra=["--stop-after", "2"])
+    assert code == 0 and "sharded over 2 processes" in console and "stopped at step 2" in console, console
+    code, out, console = launch(root, "distill-sharded", 2, launcher="accelerate", stage="distill3d",
                                 sharding="fsdp")
-    assert code == 0 and "sharded over 2 processes" in console, console
+    assert code == 0 and "continued from the checkpoint of step 2" in console, console
     assert losses(out) == pytest.approx(losses(one), rel=1e-4)
     moved_within_one_percent(root, weights(root, "distill-one"), weights(root, "distill-sharded"))
     ema_one = load_file(str(one / "checkpoints" / "step-000004" / "extra.safetensors"))

@@ -6,7 +6,8 @@ frozen ones are re-read from the files the run started from, so a checkpoint of 
 not 5 GB of frozen UNets). Next to them this module writes what Accelerate does not know: the stage's extra
 tensors (the EMA target of distillation) as safetensors and ``progress.json`` (step, data position, config).
 
-Nothing is unpickled beyond what Accelerate loads with ``weights_only=True``. A checkpoint is written under a
+A sharded run writes no Accelerate state but whole tensors in ordinary files (``sharding.save_portable``), which
+any run resumes from, sharded or not. Nothing is unpickled beyond what Accelerate loads with ``weights_only=True``. A checkpoint is written under a
 temporary name and renamed when complete, so an interrupted save never hides the previous checkpoint.
 """
 
@@ -149,7 +150,8 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, progress: Progre
     if accelerator.is_main_process:
         if extra:
             save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(partial / EXTRA))
-        (partial / PROGRESS).write_text(json.dumps({**progress.to_json(), "config": config}, indent=1), encoding="utf-8")
+        (partial / PROGRESS).write_text(json.dumps({**progress.to_json(), "config": config}, indent=1),
+                                        encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)

@@ -41,6 +41,8 @@ def run(args) -> int:
         raise ValueError(str(error)) from None
     if not result.main_process:
         return 0   # one summary, from the main process
+    if result.first_step:
+        print(f"continued from the checkpoint of step {result.first_step}")
     if result.step >= config.train.steps:
         print(f"{config.stage} done at step {result.step}: the trained set is in {result.export_dir}")
     else:

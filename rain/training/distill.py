@@ -130,6 +130,11 @@ class Distill(Stage):
                 self.target.set_reference(features)
                 target = self._consistency(self.target(cleaner, previous, context, pose, embedding), cleaner,
                                            previous)
+        if self.sharded:
+            # FSDP keeps a root module's gathered weights after a forward without gradients: free them (and the
+            # target's next forward gathers its updated shards instead of reusing these).
+            self.teacher.reshard()
+            self.target.reshard()
         return pseudo_huber(prediction, target, config.huber_c)
 
     def after_sharding(self, shard):
@@ -143,10 +148,6 @@ class Distill(Stage):
     @torch.no_grad()
     def after_optimizer_step(self):
         rate = 1.0 - self.config.distill.ema_decay
-        if self.sharded:
-            # FSDP keeps a root module's gathered weights after a forward without gradients: drop them, or the
-            # next forward would use them instead of the updated shards.
-            self.target.reshard()
         for _, target, online in self._ema_pairs:
             target.lerp_(online.detach().to(target.dtype), rate)
 

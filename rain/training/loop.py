@@ -12,6 +12,7 @@ see the same samples and noise and reach the same weights (up to float32 reducti
 scheduler, RNG and EMA state in the checkpoint, a resumed run — with the same or another number of processes —
 continues the loss curve of an uninterrupted one (exactly, in float32 on the CPU). Ctrl+C (SIGINT or SIGTERM, to
 the launcher or to any process) finishes the optimizer step under way on every process, saves there and exits.
+``[train] sharding = "fsdp"`` shards the model over the processes instead of copying it (``sharding``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ log = logging.getLogger("rain.training")
 
 #: Config entries that may change between an interrupted run and its resumption without a warning.
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                     "train.num_workers", "train.sharding", "samples.", "resume", "output_dir", "models.export_dir", "dataset")
+                     "train.num_workers", "train.sharding", "samples.", "resume", "output_dir", "models.export_dir",
+                     "dataset")
 
 
 @dataclass
@@ -74,11 +76,15 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
 
-def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:
+def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainingConfig,
+                   sharded: bool = False) -> torch.optim.Optimizer:
     train = config.train
     options = dict(lr=train.learning_rate, betas=(train.adam_beta1, train.adam_beta2),
                    weight_decay=train.adam_weight_decay, eps=train.adam_epsilon)
-    if train.use_8bit_adam:
+    if train.use_8bit_adam and sharded:
+        log.warning("8-bit Adam does not run on FSDP's sharded parameters; using torch AdamW, whose state is "
+                    "sharded with them")
+    elif train.use_8bit_adam:
         try:
             import bitsandbytes
             return bitsandbytes.optim.AdamW8bit(parameters, **options)
@@ -186,8 +192,9 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
     find_unused = config.stage == "stage1" and config.data.uncond_ratio > 0
     sharded = config.train.sharding != "none" and world > 1
     if sharded and mixed_precision == "fp16":
-        raise ConfigError(f"{config.source}: [train] sharding = \"{config.train.sharding}\" needs bf16 or no mixed "
-                          f"precision (this GPU has no bf16): set [train] mixed_precision = \"no\" or \"bf16\"")
+        raise ConfigError(f"{config.source}: [train] sharding = \"{config.train.sharding}\" trains in bf16 or float32, "
+                          f"not fp16 (chosen by mixed_precision = \"{config.train.mixed_precision}\" on a GPU "
+                          f"without bf16): set [train] mixed_precision = \"no\", or \"bf16\" on GPUs that have it")
     plugin = sharding.fsdp_plugin(mixed_precision) if sharded else None
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation,
                               log_with=trackers, project_dir=str(output_dir), fsdp_plugin=plugin,
@@ -210,7 +217,7 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
     if sharded:
         sharding.shard_units(model, mixed_precision, stage.kept_whole())
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(parameters, config)
+    optimizer = make_optimizer(parameters, config, sharded)
     # Accelerate steps a prepared scheduler once per process per optimizer step: count in those units.
     scheduler = get_scheduler(config.train.lr_scheduler, optimizer,
                               num_warmup_steps=config.train.lr_warmup_steps * world,

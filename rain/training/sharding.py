@@ -23,7 +23,6 @@ from ..weights.safe_load import read_safetensors_unmapped
 
 log = logging.getLogger("rain.training")
 
-SHARDINGS = ("none", "fsdp")
 #: The classes FSDP shards as separate units (each is always entered through its ``__call__``).
 WRAPPED_CLASSES = ("ResnetBlock2D", "Transformer2DModel", "MotionModule")
 
