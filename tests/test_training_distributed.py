@@ -21,7 +21,8 @@ SCRIPT = Path(__file__).resolve().parent / "distributed_train.py"
 STEPS = 4
 
 
-def config_text(root: Path, output: Path, steps: int = STEPS, stage: str = "stage1", sharding: str = "none") -> str:
+def config_text(root: Path, output: Path, steps: int = STEPS, stage: str = "stage1", sharding: str = "none",
+                samples: int = 0) -> str:
     video = stage in ("stage2", "distill3d")      # 2 frames per group: clips of 8 frames, one per micro-batch
     models = (root / "models").as_posix()
     distill = f'teacher = "{models}"\n' if stage.startswith("distill") else ""
@@ -48,7 +49,8 @@ num_groups = 4
 [distill]
 ddim_timesteps = 20
 [samples]
-every = 0
+every = {samples}
+frames = 8
 '''
 
 
@@ -70,11 +72,12 @@ def env() -> dict:
 
 
 def launch(root: Path, name: str, processes: int, *, launcher: str = "torchrun", extra=(), hooks=None,
-           output: str | None = None, stage: str = "stage1", sharding: str = "none") -> tuple[int, Path, str]:
+           output: str | None = None, stage: str = "stage1", sharding: str = "none",
+           samples: int = 0) -> tuple[int, Path, str]:
     """Run the tiny ``stage`` as ``name`` on ``processes`` processes; (exit code, output folder, console)."""
     out = root / (output or name)
     config = root / f"{name}.toml"
-    config.write_text(config_text(root, out, stage=stage, sharding=sharding), encoding="utf-8")
+    config.write_text(config_text(root, out, stage=stage, sharding=sharding, samples=samples), encoding="utf-8")
     if processes == 1:
         command = [sys.executable, str(SCRIPT)]
     elif launcher == "torchrun":
@@ -222,8 +225,8 @@ def only_ordinary_files(checkpoint: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sharded(references):
-    """Stage 1 on 2 processes with [train] sharding = "fsdp", uninterrupted."""
-    code, out, console = launch(references, "sharded", 2, sharding="fsdp")
+    """Stage 1 on 2 processes with [train] sharding = "fsdp", uninterrupted, a sample video every 2 steps."""
+    code, out, console = launch(references, "sharded", 2, sharding="fsdp", samples=2)
     assert code == 0, console
     found = re.search(r"sharded over 2 processes \(FSDP\): this one holds ([\d.]+) M of the model's ([\d.]+) M",
                       console)
@@ -247,6 +250,36 @@ def test_sharded_training_equals_one_process_and_writes_ordinary_files(reference
     assert all(torch.equal(exported[k], unsharded[k]) for k in exported if "motion_modules" in k)
     trained = [k for k in exported if f"motion_unet.{k}" in rank0]
     assert trained and all(torch.equal(exported[k], rank0[f"motion_unet.{k}"]) for k in trained)
+
+
+def test_a_sharded_run_renders_its_samples_with_the_whole_model(references, sharded, tmp_path):
+    """The sample video of the last step equals the one the exported set renders (the sharded model is gathered
+    into whole copies for it, by every process)."""
+    import av
+    import numpy as np
+
+    from rain.training.config import load_config
+    from rain.training.loop import make_stage
+    from rain.training.preview import render_sample, sample_clip, write_sample_video
+
+    def decoded(path):
+        with av.open(str(path)) as container:
+            return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+    assert sorted(p.name for p in (sharded / "samples").iterdir()) == ["step-000002.mp4", "step-000004.mp4"]
+    config = load_config(references / "sharded.toml")
+    config.models.init = str(sharded / "model")
+    stage = make_stage(config, torch.device("cpu"), torch.float32)
+    stage.build()
+    frames, conditions = sample_clip(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)      # as the training processes: 32 sampling steps magnify a changed summation order
+    try:
+        rendered = render_sample(config, stage.preview_models(), torch.device("cpu"), frames, conditions)
+    finally:
+        torch.set_num_threads(threads)
+    expected = write_sample_video(tmp_path / "expected.mp4", conditions, rendered, frames, config.samples.fps)
+    assert np.array_equal(decoded(sharded / "samples" / "step-000004.mp4"), decoded(expected))
 
 
 def test_sharded_ctrl_c_resumes_bit_identical_and_its_checkpoint_resumes_unsharded(references, sharded):

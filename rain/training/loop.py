@@ -391,9 +391,10 @@ class _Preview:
         """The sample video of this step (None on the processes that only helped gather a sharded model)."""
         from .preview import render_sample, write_sample_video
         main = self.accelerator.is_main_process
-        models = self.stage.preview_models(self.stage.live_states(keep=main) if self.stage.sharded else None)
+        live = self.stage.live_states(keep=main) if self.stage.sharded else None
         if not main:
             return None
+        models = self.stage.preview_models(live)
         rendered = render_sample(self.config, models, self.accelerator.device, self.frames,
                                  self.conditions, autocast=self.accelerator.autocast)
         path = Path(self.config.output_dir) / "samples" / f"step-{step:06d}.mp4"
