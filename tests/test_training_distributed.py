@@ -46,6 +46,7 @@ mixed_precision = "no"
 [data]
 frames_per_group = {2 if video else 1}
 num_groups = 4
+uncond_ratio = 0.5                  # some steps see no reference at all (sharded AdamW must skip it then)
 [distill]
 ddim_timesteps = 20
 [samples]

@@ -7,8 +7,9 @@ not 5 GB of frozen UNets). Next to them this module writes what Accelerate does 
 tensors (the EMA target of distillation) as safetensors and ``progress.json`` (step, data position, config).
 
 A sharded run writes no Accelerate state but whole tensors in ordinary files (``sharding.save_portable``), which
-any run resumes from, sharded or not. Nothing is unpickled beyond what Accelerate loads with ``weights_only=True``. A checkpoint is written under a
-temporary name and renamed when complete, so an interrupted save never hides the previous checkpoint.
+any run resumes from, sharded or not. Nothing is unpickled beyond what Accelerate loads with ``weights_only=True``.
+A checkpoint is written under a temporary name and renamed when complete, so an interrupted save never hides the
+previous checkpoint.
 """
 
 from __future__ import annotations

@@ -294,6 +294,8 @@ def train(config: TrainingConfig, *, stop_after: int | None = None, show_progres
                 with accelerator.accumulate(model):
                     loss = stage.loss(model, batch, generator, accelerator.autocast)
                     accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        stage.before_optimizer_step(accelerator)
                     if accelerator.sync_gradients and config.train.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(parameters, config.train.max_grad_norm)
                     optimizer.step()

@@ -124,8 +124,11 @@ def assign_full(parameter: torch.Tensor, value: torch.Tensor) -> None:
 
 # -- checkpoints as ordinary files ---------------------------------------------------------------------------------
 def _options(**kwargs):
+    """Whole tensors. Restoring an optimizer uses ``strict=False``: a trained weight AdamW has not stepped yet
+    (stage 1's reference UNet after steps without any reference) has no state, there as in the checkpoint."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
     return StateDictOptions(full_state_dict=True, **kwargs)
+
 
 
 def save_portable(folder: Path, accelerator, model, optimizer, scheduler, trainable: list[str]) -> None:
@@ -152,6 +155,15 @@ def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
+def _drop_invented_state(optimizer, module: torch.nn.Module, saved: dict) -> None:
+    """Restoring into a fresh optimizer, PyTorch first gives every weight a state (a step with zero gradients);
+    a weight the checkpoint has no state for must have none, or its first real step counts as its second."""
+    inner = _inner(optimizer)
+    for name, parameter in module.named_parameters():
+        if name not in saved:
+            inner.state.pop(parameter, None)
+
+
 def _gathered_random_states(accelerator) -> dict[str, torch.Tensor]:
     """Every process's torch generator states (CPU and, where there is one, CUDA), for a resume on as many."""
     own = {"cpu": torch.get_rng_state()}
@@ -176,7 +188,9 @@ def load_portable(folder: Path, accelerator, model, optimizer, scheduler, weight
         name, entry = key.rsplit("/", 1)
         state.setdefault(name, {})[entry] = value
     groups = json.loads((folder / OPTIMIZER_GROUPS).read_text(encoding="utf-8"))
-    set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups}, options=_options())
+    set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups},
+                             options=_options(strict=False))
+    _drop_invented_state(optimizer, accelerator.unwrap_model(model), state)
     scheduler.load_state_dict(json.loads((folder / SCHEDULER).read_text(encoding="utf-8")))
     random_states = read_safetensors_unmapped(str(folder / RANDOM_STATES))
     rank = accelerator.process_index
@@ -196,6 +210,8 @@ def load_accelerate_into_sharded(folder: Path, model, optimizer, scheduler, weig
     saved = torch.load(folder / "optimizer.bin", map_location="cpu", weights_only=True)
     state = {names[index]: entries for index, entries in saved["state"].items()}
     groups = [{**group, "params": [names[index] for index in group["params"]]} for group in saved["param_groups"]]
-    set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups}, options=_options())
+    set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups},
+                             options=_options(strict=False))
+    _drop_invented_state(optimizer, model, state)
     scheduler.load_state_dict(torch.load(folder / "scheduler.bin", map_location="cpu", weights_only=True))
     log.info("resumed the unsharded checkpoint %s into a sharded run", folder)

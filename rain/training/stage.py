@@ -61,6 +61,9 @@ class Stage(ABC):
     def after_sharding(self, shard) -> None:
         """Called once FSDP has sharded the trained model; ``shard(module)`` shards a module that never trains."""
 
+    def before_optimizer_step(self, accelerator) -> None:
+        """Called on every process once the step's gradients are complete, before clipping and the update."""
+
     def after_optimizer_step(self) -> None:
         """Called once per optimizer step (distillation updates its EMA target here)."""
 

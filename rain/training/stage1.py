@@ -54,6 +54,7 @@ class DenoisingStage(Stage):
     def __init__(self, config, device, weight_dtype):
         super().__init__(config, device, weight_dtype)
         self.schedule = NoiseSchedule()
+        self._reference_used = False      # by any micro-batch of this process since the last optimizer step
 
     def starting_set(self) -> ModelSet:
         models_config = self.config.models
@@ -75,12 +76,26 @@ class DenoisingStage(Stage):
         self.load_encoders()
         return DenoisingNet(models, train_reference=train_reference, run_every_module=self.sharded).train()
 
+    @property
+    def trains_reference(self) -> bool:
+        return any(p.requires_grad for p in self.models.reference_unet.parameters())
+
     def kept_whole(self):
         # The trained reference UNet stops after its last up block, whose spatial transformers only hand their
         # recorded inputs to the denoiser (their outputs are dropped).
-        if not any(p.requires_grad for p in self.models.reference_unet.parameters()):
-            return []
-        return list(self.models.reference_unet.up_blocks[-1].attentions)
+        return list(self.models.reference_unet.up_blocks[-1].attentions) if self.trains_reference else []
+
+    def before_optimizer_step(self, accelerator):
+        used, self._reference_used = self._reference_used, False
+        if not (self.sharded and self.trains_reference):
+            return
+        # Sharded, the reference UNet's gradients are zeros where unsharded they would be missing. Where no
+        # micro-batch of the whole step used the reference, unsharded AdamW skips those weights (no decay, no
+        # momentum step): so must this.
+        flag = torch.tensor([1.0 if used else 0.0], device=accelerator.device)
+        if accelerator.reduce(flag, "max").item() == 0:
+            for parameter in self.models.reference_unet.parameters():
+                parameter.grad = None
 
     def timesteps(self, batch: int, frames: int, generator: torch.Generator) -> torch.Tensor:
         return uniform_timesteps(batch, frames, generator, self.schedule.num_train_timesteps)
@@ -93,6 +108,7 @@ class DenoisingStage(Stage):
         timesteps = self.timesteps(size, frames, generator)
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         use_reference = bool(torch.rand((), generator=generator) >= self.config.data.uncond_ratio)
+        self._reference_used |= use_reference
         if not use_reference:
             context = torch.zeros_like(context)
         timesteps = timesteps.to(self.device)
