@@ -130,7 +130,6 @@ def _options(**kwargs):
     return StateDictOptions(full_state_dict=True, **kwargs)
 
 
-
 def save_portable(folder: Path, accelerator, model, optimizer, scheduler, trainable: list[str]) -> None:
     """Every process calls it (the gathering is collective); the main process writes into ``folder``."""
     from safetensors.torch import save_file
@@ -155,13 +154,17 @@ def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def _drop_invented_state(optimizer, module: torch.nn.Module, saved: dict) -> None:
-    """Restoring into a fresh optimizer, PyTorch first gives every weight a state (a step with zero gradients);
-    a weight the checkpoint has no state for must have none, or its first real step counts as its second."""
-    inner = _inner(optimizer)
+def _restore(model, module: torch.nn.Module, optimizer, weights: dict, state: dict, groups: list) -> None:
+    """Whole trained weights and name-keyed optimizer state into the prepared ``model`` (``module``: unwrapped)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    set_model_state_dict(model, weights, options=_options(strict=False))
+    set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups},
+                             options=_options(strict=False))
+    # Restoring into a fresh optimizer, PyTorch first gives every weight a state (a step with zero gradients); a
+    # weight the checkpoint has no state for must have none, or its first real step would count as its second.
     for name, parameter in module.named_parameters():
-        if name not in saved:
-            inner.state.pop(parameter, None)
+        if name not in state:
+            _inner(optimizer).state.pop(parameter, None)
 
 
 def _gathered_random_states(accelerator) -> dict[str, torch.Tensor]:
@@ -180,17 +183,13 @@ def _gathered_random_states(accelerator) -> dict[str, torch.Tensor]:
 def load_portable(folder: Path, accelerator, model, optimizer, scheduler, weights: dict[str, torch.Tensor]) -> None:
     """Restore a checkpoint written by :func:`save_portable` (its trainable ``weights`` already read and checked)
     into the prepared objects, sharded or not, on any number of processes (every process reads the files)."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-    set_model_state_dict(model, weights, options=_options(strict=False))
     flat = read_safetensors_unmapped(str(folder / OPTIMIZER))
     state: dict[str, dict] = {}
     for key, value in flat.items():
         name, entry = key.rsplit("/", 1)
         state.setdefault(name, {})[entry] = value
     groups = json.loads((folder / OPTIMIZER_GROUPS).read_text(encoding="utf-8"))
-    set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups},
-                             options=_options(strict=False))
-    _drop_invented_state(optimizer, accelerator.unwrap_model(model), state)
+    _restore(model, accelerator.unwrap_model(model), optimizer, weights, state, groups)
     scheduler.load_state_dict(json.loads((folder / SCHEDULER).read_text(encoding="utf-8")))
     random_states = read_safetensors_unmapped(str(folder / RANDOM_STATES))
     rank = accelerator.process_index
@@ -205,13 +204,9 @@ def load_accelerate_into_sharded(folder: Path, model, optimizer, scheduler, weig
                                  names: list[str]) -> None:
     """An unsharded run's checkpoint (Accelerate's layout: the optimizer state numbered in the order of ``names``,
     the trained parameters) into a sharded run."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-    set_model_state_dict(model, weights, options=_options(strict=False))
     saved = torch.load(folder / "optimizer.bin", map_location="cpu", weights_only=True)
     state = {names[index]: entries for index, entries in saved["state"].items()}
     groups = [{**group, "params": [names[index] for index in group["params"]]} for group in saved["param_groups"]]
-    set_optimizer_state_dict(model, _inner(optimizer), {"state": state, "param_groups": groups},
-                             options=_options(strict=False))
-    _drop_invented_state(optimizer, model, state)
+    _restore(model, model, optimizer, weights, state, groups)
     scheduler.load_state_dict(torch.load(folder / "scheduler.bin", map_location="cpu", weights_only=True))
     log.info("resumed the unsharded checkpoint %s into a sharded run", folder)

@@ -55,6 +55,7 @@ class DenoisingStage(Stage):
         super().__init__(config, device, weight_dtype)
         self.schedule = NoiseSchedule()
         self._reference_used = False      # by any micro-batch of this process since the last optimizer step
+        self.trains_reference = False
 
     def starting_set(self) -> ModelSet:
         models_config = self.config.models
@@ -74,11 +75,8 @@ class DenoisingStage(Stage):
                 hold_frozen_in(module, self.frozen_dtype)
             module.to(self.device)
         self.load_encoders()
+        self.trains_reference = train_reference
         return DenoisingNet(models, train_reference=train_reference, run_every_module=self.sharded).train()
-
-    @property
-    def trains_reference(self) -> bool:
-        return any(p.requires_grad for p in self.models.reference_unet.parameters())
 
     def kept_whole(self):
         # The trained reference UNet stops after its last up block, whose spatial transformers only hand their
